@@ -1,0 +1,114 @@
+"""Checkpoints on disk: one directory per save, written atomically.
+
+    RUN_DIR/checkpoints/step-00000500/
+        refiner.safetensors  discriminator.safetensors   weights, loadable without torch.load
+        state.pt                                          optimisers, history buffer, counters, RNG
+        config.json                                       the resolved run config
+
+A save goes to a hidden temporary directory that is renamed into place only when complete, so
+a crash mid-save never leaves a half checkpoint that looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from distsim.config import Config, load_config
+from distsim.models import Discriminator, Refiner
+
+PREFIX = "step-"
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    *,
+    refiner: nn.Module,
+    discriminator: nn.Module,
+    state: dict[str, Any],
+    config: Config,
+    keep: int = 0,
+) -> Path:
+    """Write checkpoint `step` atomically and keep only the newest `keep` (0: keep all)."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_contiguous(refiner.state_dict()), tmp / "refiner.safetensors")
+    save_file(_contiguous(discriminator.state_dict()), tmp / "discriminator.safetensors")
+    torch.save(state, tmp / "state.pt")
+    (tmp / "config.json").write_text(config.to_json())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories are not listed)."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory or a run directory (meaning its newest checkpoint)."""
+    path = Path(path)
+    if (path / "refiner.safetensors").is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise ValueError(f"{path}: no checkpoint found (expected {path}/checkpoints/{PREFIX}*)")
+    return latest
+
+
+def load_models(path: str | Path, channels: int) -> tuple[Refiner, Discriminator, Config]:
+    """Rebuild R and D from a checkpoint's own config and load their weights (on the CPU)."""
+    ckpt = resolve_checkpoint(path)
+    cfg = load_config(ckpt / "config.json")
+    refiner, discriminator = build_models(cfg, channels)
+    refiner.load_state_dict(load_file(ckpt / "refiner.safetensors"))
+    discriminator.load_state_dict(load_file(ckpt / "discriminator.safetensors"))
+    return refiner, discriminator, cfg
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    return torch.load(resolve_checkpoint(path) / "state.pt", map_location="cpu", weights_only=True)
+
+
+def build_models(cfg: Config, channels: int) -> tuple[Refiner, Discriminator]:
+    refiner = Refiner(channels, cfg.refiner_width, cfg.refiner_blocks, cfg.refiner_kernel)
+    discriminator = Discriminator(channels, cfg.disc_widths, cfg.disc_arch)
+    return refiner, discriminator
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}

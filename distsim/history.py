@@ -1,0 +1,100 @@
+"""The history buffer of refined images (Shrivastava et al. 2017, section 2.3).
+
+D is shown, at each step, half current refined images and half refined images from the past,
+so that R cannot win by drifting to artefacts D has forgotten. After each D step, b/2 slots of
+the buffer are replaced at random by the new refined images.
+
+Buffer semantics (one logical global buffer, whatever the number of ranks):
+- It fills first: new images go into the next empty slots, in order, until all B are used.
+  (Public implementations that only ever replace slots of an empty buffer never fill it.)
+- Once full, each push replaces n slots chosen uniformly without replacement.
+- `sample(n)` draws n filled slots uniformly without replacement.
+- All choices come from one CPU generator seeded identically on every rank, and every rank
+  pushes the same gathered images, so every rank holds the same buffer as single-process
+  training with the global batch would.
+
+The buffer knows nothing of ranks: the caller gathers images and slices samples.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class HistoryBuffer:
+    def __init__(
+        self,
+        capacity: int,
+        item_shape: tuple[int, ...],
+        *,
+        seed: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if capacity <= 0:
+            raise ValueError(f"history buffer capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        self.images = torch.zeros(
+            (capacity, *item_shape), device=device, dtype=dtype
+        )  # (B, C, H, W)
+        # Host-side count: deterministic on every rank, so reading it never syncs the device.
+        self.count = 0
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def sample_indices(self, n: int) -> torch.Tensor:
+        """n distinct filled slots, uniformly at random: (n,) int64 on the CPU."""
+        if n > self.count:
+            raise ValueError(f"cannot sample {n} images from a buffer holding {self.count}")
+        return torch.randperm(self.count, generator=self.generator)[:n]
+
+    def sample(self, n: int) -> torch.Tensor:
+        idx = self.sample_indices(n).to(self.images.device, non_blocking=True)
+        return self.images[idx]  # (n, C, H, W)
+
+    def push(self, images: torch.Tensor) -> None:
+        """Store new images (n, C, H, W): fill empty slots first, then replace random ones."""
+        n = images.shape[0]
+        if n > self.capacity:
+            raise ValueError(f"cannot push {n} images into a buffer of {self.capacity} slots")
+        images = images.detach().to(self.images.dtype)
+        free = min(n, self.capacity - self.count)
+        if free > 0:
+            self.images[self.count : self.count + free] = images[:free]
+        rest = n - free
+        if rest > 0:
+            # Replace among slots that held images before this push, never the ones just filled.
+            old = self.count
+            slots = torch.randperm(old, generator=self.generator)[:rest]
+            self.images[slots.to(self.images.device, non_blocking=True)] = images[free:]
+        self.count += free
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "images": self.images[: self.count].cpu(),
+            "count": self.count,
+            "capacity": self.capacity,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        images = state["images"]
+        assert isinstance(images, torch.Tensor)
+        count = int(state["count"])  # type: ignore[arg-type]
+        if count > self.capacity:
+            raise ValueError(
+                f"checkpoint buffer holds {count} images, more than this run's --history-size "
+                f"{self.capacity}"
+            )
+        if tuple(images.shape[1:]) != tuple(self.images.shape[1:]):
+            raise ValueError(
+                f"checkpoint buffer images are {tuple(images.shape[1:])}, this run's are "
+                f"{tuple(self.images.shape[1:])}"
+            )
+        self.images.zero_()
+        self.images[:count] = images.to(self.images.device, self.images.dtype)
+        self.count = count
+        self.generator.set_state(state["generator"])  # type: ignore[arg-type]

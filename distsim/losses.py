@@ -1,0 +1,57 @@
+"""SimGAN's losses as plain functions that return one value per image; the loop reduces them.
+
+The paper sums over patches and pixels; we average, so that lambda means the same thing at any
+image size: L_R = mean_patches CE(D(R(x)), real) + lambda * mean_pixels |psi(R(x)) - psi(x)|.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from distsim.models import REAL, REFINED
+
+Psi = Callable[[torch.Tensor], torch.Tensor]
+
+
+def psi_identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def psi_channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of the colour channels: the paper's psi for RGB, which lets the refiner change colour
+    but not luminance structure."""
+    return x.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+
+
+PSI: dict[str, Psi] = {"identity": psi_identity, "channel_mean": psi_channel_mean}
+
+
+def local_adversarial_loss(logits: torch.Tensor, target: int) -> torch.Tensor:
+    """Cross-entropy of every patch's 2-way softmax against `target` (REAL or REFINED),
+    averaged over patches: (B, 2, h, w) -> (B,).
+
+    D's loss is this with target REFINED on refined images and REAL on real ones, i.e.
+    -log D(refined) - log(1 - D(real)) with D = P(refined). R's adversarial loss is this with
+    target REAL on refined images: -log(1 - D(R(x))).
+    """
+    if target not in (REAL, REFINED):
+        raise ValueError(f"target must be REAL ({REAL}) or REFINED ({REFINED}), got {target}")
+    # Loss in float32 even under autocast: log-softmax of bf16 logits loses the small gaps.
+    logp = F.log_softmax(logits.float(), dim=1)  # (B, 2, h, w)
+    return -logp[:, target].flatten(1).mean(dim=1)  # (B,)
+
+
+def self_regularization_loss(
+    refined: torch.Tensor, synthetic: torch.Tensor, psi: Psi = psi_identity
+) -> torch.Tensor:
+    """Mean |psi(R(x)) - psi(x)| per image: (B, C, H, W) x2 -> (B,)."""
+    diff = (psi(refined).float() - psi(synthetic).float()).abs()
+    return diff.flatten(1).mean(dim=1)  # (B,)
+
+
+def patch_accuracy(logits: torch.Tensor, target: int) -> torch.Tensor:
+    """Fraction of patches D classifies as `target`: (B, 2, h, w) -> (B,)."""
+    return (logits.argmax(dim=1) == target).float().flatten(1).mean(dim=1)  # (B,)

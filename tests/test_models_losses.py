@@ -1,0 +1,130 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from distsim.losses import (
+    local_adversarial_loss,
+    patch_accuracy,
+    psi_channel_mean,
+    psi_identity,
+    self_regularization_loss,
+)
+from distsim.models import REAL, REFINED, Discriminator, Refiner
+
+
+@pytest.mark.parametrize(
+    ("arch", "shape", "patches"),
+    [("eyes", (35, 55), (7, 12)), ("hands", (224, 224), (7, 7))],
+)
+def test_discriminator_patch_map(arch, shape, patches):
+    d = Discriminator(1, (96, 64, 32, 32), arch)
+    out = d(torch.randn(3, 1, *shape))
+    assert out.shape == (3, 2, *patches)
+
+
+def test_discriminator_layers_follow_paper():
+    convs = [
+        m
+        for m in Discriminator(1, (96, 64, 32, 32), "eyes").modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    assert [(c.kernel_size[0], c.stride[0], c.out_channels) for c in convs] == [
+        (3, 2, 96),
+        (3, 2, 64),
+        (3, 1, 32),
+        (1, 1, 32),
+        (1, 1, 2),
+    ]
+    hand = [
+        m
+        for m in Discriminator(1, (96, 64, 32, 32), "hands").modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
+    assert [(c.kernel_size[0], c.stride[0]) for c in hand] == [
+        (7, 4),
+        (5, 2),
+        (3, 2),
+        (1, 1),
+        (1, 1),
+    ]
+
+
+def test_bad_discriminator_args():
+    with pytest.raises(ValueError, match="arch"):
+        Discriminator(1, (1, 1, 1, 1), "cars")
+    with pytest.raises(ValueError, match="4 widths"):
+        Discriminator(1, (1, 1, 1), "eyes")
+
+
+@pytest.mark.parametrize(
+    ("channels", "kernel", "blocks", "shape"),
+    [(1, 3, 4, (35, 55)), (1, 7, 10, (64, 64)), (3, 3, 2, (35, 55))],
+)
+def test_refiner_keeps_shape_and_range(channels, kernel, blocks, shape):
+    r = Refiner(channels, 16, blocks, kernel)
+    x = torch.randn(2, channels, *shape) * 5
+    y = r(x)
+    assert y.shape == x.shape
+    assert y.abs().max() < 1.0
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in r.modules())
+    assert n_convs == 2 + 2 * blocks
+
+
+def _reference_adv(logits: np.ndarray, target: int) -> np.ndarray:
+    """Per-image mean over patches of -log softmax, written out by hand."""
+    b, _, h, w = logits.shape
+    out = np.zeros(b)
+    for i in range(b):
+        total = 0.0
+        for y in range(h):
+            for x in range(w):
+                z0, z1 = logits[i, 0, y, x], logits[i, 1, y, x]
+                p = math.exp([z0, z1][target]) / (math.exp(z0) + math.exp(z1))
+                total += -math.log(p)
+        out[i] = total / (h * w)
+    return out
+
+
+@pytest.mark.parametrize("target", [REAL, REFINED])
+def test_local_adversarial_loss_matches_reference(target):
+    torch.manual_seed(0)
+    logits = torch.randn(4, 2, 7, 12) * 3
+    got = local_adversarial_loss(logits, target)
+    want = torch.from_numpy(_reference_adv(logits.double().numpy(), target)).float()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_adversarial_loss_semantics():
+    # D sure a patch is refined: R's loss (target REAL) is large, D's loss on it is small.
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[:, REFINED] = 10.0
+    assert local_adversarial_loss(logits, REAL).item() > 9.0
+    assert local_adversarial_loss(logits, REFINED).item() < 1e-3
+    assert patch_accuracy(logits, REFINED).item() == 1.0
+    assert patch_accuracy(logits, REAL).item() == 0.0
+    # At D's indifference the loss is log 2 either way.
+    half = torch.zeros(2, 2, 3, 3)
+    torch.testing.assert_close(local_adversarial_loss(half, REAL), torch.full((2,), math.log(2)))
+    with pytest.raises(ValueError):
+        local_adversarial_loss(half, 2)
+
+
+def test_self_regularization():
+    x = torch.zeros(2, 1, 4, 5)
+    y = x.clone()
+    y[0, 0, 0, 0] = 2.0
+    torch.testing.assert_close(
+        self_regularization_loss(y, x, psi_identity), torch.tensor([2.0 / 20, 0.0])
+    )
+
+
+def test_psi_channel_mean_ignores_colour_shifts_that_keep_the_mean():
+    x = torch.rand(2, 3, 8, 8)
+    shifted = x + torch.tensor([0.3, -0.3, 0.0]).view(1, 3, 1, 1)
+    assert psi_channel_mean(x).shape == (2, 1, 8, 8)
+    torch.testing.assert_close(
+        self_regularization_loss(shifted, x, psi_channel_mean), torch.zeros(2), atol=1e-6, rtol=0
+    )
+    assert (self_regularization_loss(shifted, x, psi_identity) > 0.19).all()
