@@ -1,0 +1,192 @@
+"""End-to-end smoke training on tiny built-in shards: one process in-process, two through
+`accelerate launch` with gloo on the CPU."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from distsim import data
+from distsim.checkpoint import list_checkpoints, load_models, load_state
+from distsim.config import make_config
+from distsim.train import main, to_unit_range, training_loop
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _scalars(run_dir: Path) -> dict[str, list[float]]:
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def _check_run(run_dir: Path, cfg_steps: int, cache: Path) -> None:
+    total = cfg_steps
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["preset"] == "smoke" and saved["run_dir"] == str(run_dir)
+
+    scalars = _scalars(run_dir)
+    for tag in (
+        "pretrain_r/r_reg",
+        "pretrain_d/d_loss",
+        "r_adv",
+        "r_reg",
+        "d_loss",
+        "d_acc_real",
+        "d_acc_refined",
+    ):
+        assert tag in scalars, sorted(scalars)
+        assert all(math.isfinite(v) for v in scalars[tag])
+    assert all(0.0 <= v <= 1.0 for v in scalars["d_acc_real"])
+
+    ckpts = list_checkpoints(run_dir)
+    assert ckpts and ckpts[-1].name == f"step-{total:08d}"
+    state = load_state(run_dir)
+    assert state["counters"]["step"] == total
+    assert state["history"]["count"] > 0
+
+    pngs = sorted((run_dir / "images").glob("*.png"))
+    assert pngs
+    rows, cols = np.asarray(Image.open(pngs[-1])).shape[:2]
+    assert rows > 35 * 4 * 2 and cols > 55 * 4 * 3  # 3 columns of >= 2 enlarged images
+
+    # The saved refiner loads back and changes the images it is given.
+    refiner, _, cfg = load_models(run_dir, channels=1)
+    syn_dir = data.ensure_builtin_shards("synthetic", cfg.builtin_count, cfg.builtin_seed, cache)
+    loader = data.make_loader(syn_dir, 16, rank=0, world_size=1, seed=0, num_workers=0)
+    x = to_unit_range(next(iter(loader))["image"])
+    with torch.no_grad():
+        y = refiner(x)
+    assert y.shape == x.shape
+    assert (y - x).abs().mean() > 1e-3
+
+
+def test_smoke_training_single_process(tmp_path):
+    cache = tmp_path / "cache"
+    cfg = make_config("smoke", run_dir=str(tmp_path / "run"), cache_dir=str(cache), progress=False)
+    run_dir = training_loop(cfg)
+    total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
+    _check_run(run_dir, total, cache)
+    # The built-in shards were made once and are reused.
+    assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [
+        "sim-eyes-real-n512-s0",
+        "sim-eyes-synthetic-n512-s0",
+    ]
+
+
+def test_mismatched_shards_give_one_line_error(tmp_path, capsys):
+    from shards.cli import main as shards_main
+
+    syn, real = tmp_path / "syn", tmp_path / "real"
+    assert (
+        shards_main(
+            [
+                "convert",
+                "sim-eyes",
+                "--domain",
+                "synthetic",
+                "--count",
+                "64",
+                "--seed",
+                "0",
+                "--out",
+                str(syn),
+            ]
+        )
+        == 0
+    )
+    # Real shards of another size: 1x36x60 written by hand through the writer.
+    from shards.writer import ShardSetWriter
+
+    with ShardSetWriter(
+        real, image_shape=(1, 36, 60), image_dtype="uint8", labels={}, source={"name": "test"}
+    ) as w:
+        w.add(np.zeros((16, 1, 36, 60), np.uint8), {})
+    capsys.readouterr()
+    code = main(
+        [
+            "--preset",
+            "smoke",
+            "--synthetic",
+            str(syn),
+            "--real",
+            str(real),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "36x60" in err[0] and "35x55" in err[0], err
+
+    code = main(
+        [
+            "--preset",
+            "smoke",
+            "--synthetic",
+            str(tmp_path / "missing"),
+            "--real",
+            str(real),
+            "--run-dir",
+            str(tmp_path / "run2"),
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "missing" in err[0], err
+
+
+def test_smoke_training_two_processes_gloo(tmp_path):
+    cache = tmp_path / "cache"
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        str(REPO / "distsim" / "train.py"),
+        "--preset",
+        "smoke",
+        "--run-dir",
+        str(run_dir),
+        "--cache-dir",
+        str(cache),
+        "--no-progress",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = make_config("smoke")
+    total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
+    _check_run(run_dir, total, cache)
+    assert load_state(run_dir)["world_size"] == 2
+    # Two ranks each push b/2 per D step: the buffer holds 2 * b/2 per D step taken.
+    d_steps = cfg.pretrain_d_steps + cfg.steps * cfg.k_d
+    assert load_state(run_dir)["history"]["count"] == min(
+        cfg.history_size, d_steps * cfg.batch_size
+    )
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--batch-size"])
+def test_bad_flag_values_exit_2(flag, capsys):
+    assert main(["--preset", "smoke", flag, "-1"]) == 2
+    assert "must be" in capsys.readouterr().err
