@@ -140,13 +140,12 @@ class Config:
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "refiner_width": 32,
-        "disc_widths": (48, 32, 16, 16),
         "batch_size": 32,
-        "pretrain_r_steps": 100,
-        "pretrain_d_steps": 50,
-        "steps": 400,
+        "pretrain_r_steps": 200,
+        "pretrain_d_steps": 100,
+        "steps": 1000,
         "image_every": 100,
-        "ckpt_every": 200,
+        "ckpt_every": 250,
     },
     # Seconds, for tests: tiny models, a handful of steps of every phase.
     "smoke": {

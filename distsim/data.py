@@ -189,10 +189,12 @@ def ensure_builtin_shards(
     process converts. Creation is still safe under races: each caller writes into its own temp
     directory and renames it into place; a loser of the rename uses the winner's set.
     """
+    from distsim.sim.eyes import SIM_VERSION
     from shards.cli import convert_sim_eyes  # the writer side is needed only on a cache miss
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / f"sim-eyes-{domain}-n{count}-s{seed}"
+    # The simulator version is in the name: a changed renderer never reuses stale shards.
+    final = root / f"sim-eyes-v{SIM_VERSION}-{domain}-n{count}-s{seed}"
     if (final / MANIFEST_NAME).is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)

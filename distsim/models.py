@@ -5,6 +5,8 @@ Architecture only: no ranks, devices or optimisers here. Images are in [-1, 1], 
 Choices the paper leaves open, and ours:
 - Padding: "same" for every convolution (k // 2), none for max-pooling, so the refiner keeps the
   image size and the discriminator's patch map is 7x12 for 35x55 eyes and 7x7 for 224x224 hands.
+  The refiner pads by reflection: zero padding made it paint a dark frame round every image
+  (seen in our first CPU runs), an artefact D learns to look for.
 - The refiner ends in tanh, so refined pixels stay in the image range. Without it the refiner
   can leave the range, which the discriminator then learns to spot trivially.
 - ResNet blocks are [conv, ReLU, conv] + identity, then ReLU (He et al. 2016, as the paper cites).
@@ -22,8 +24,8 @@ REAL, REFINED = 0, 1
 class ResnetBlock(nn.Module):
     def __init__(self, width: int, kernel: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(width, width, kernel, padding=kernel // 2)
-        self.conv2 = nn.Conv2d(width, width, kernel, padding=kernel // 2)
+        self.conv1 = nn.Conv2d(width, width, kernel, padding=kernel // 2, padding_mode="reflect")
+        self.conv2 = nn.Conv2d(width, width, kernel, padding=kernel // 2, padding_mode="reflect")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
@@ -39,7 +41,7 @@ class Refiner(nn.Module):
         self, channels: int = 1, width: int = 64, blocks: int = 4, kernel: int = 3
     ) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(channels, width, kernel, padding=kernel // 2)
+        self.stem = nn.Conv2d(channels, width, kernel, padding=kernel // 2, padding_mode="reflect")
         self.blocks = nn.Sequential(*(ResnetBlock(width, kernel) for _ in range(blocks)))
         self.head = nn.Conv2d(width, channels, 1)
 

@@ -177,7 +177,7 @@ def test_ensure_builtin_shards_creates_once(
 ) -> None:
     monkeypatch.setenv("DISTSIM_CACHE", str(tmp_path / "cache"))
     path = ensure_builtin_shards("real", 100, 5, progress=False)
-    assert path == tmp_path / "cache" / "sim-eyes-real-n100-s5"
+    assert path == tmp_path / "cache" / "sim-eyes-v2-real-n100-s5"
     m = open_shards(path)
     assert m.count == 100 and m.labels_for_evaluation_only
     stamp = os.stat(path / MANIFEST_NAME).st_mtime_ns
@@ -190,7 +190,7 @@ def test_ensure_builtin_shards_creates_once(
 def test_ensure_builtin_shards_loser_of_a_race_uses_the_winner(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    final = tmp_path / "sim-eyes-synthetic-n50-s0"
+    final = tmp_path / "sim-eyes-v2-synthetic-n50-s0"
     convert = shards.cli.convert_sim_eyes
 
     def racing(out: Path, *args, **kwargs):  # another rank finishes first, mid-conversion
