@@ -143,7 +143,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "pretrain_r_steps": 200,
         "pretrain_d_steps": 100,
-        "steps": 1000,
+        "steps": 800,
         "image_every": 100,
         "ckpt_every": 250,
     },

@@ -130,10 +130,11 @@ def test_domains_differ_in_appearance(samples: dict) -> None:
     # Synthetic skin has only a faint texture: the corner patch (far from the eye) is nearly flat.
     corner_syn = syn[:, :5, :8].astype(np.float32).std(axis=(1, 2))
     corner_real = real[:, :5, :8].astype(np.float32).std(axis=(1, 2))
-    assert np.median(corner_syn) < 2.5 < 5.0 < np.median(corner_real)
-    # Sensor noise: synthetic images have a faint texture only, every real image has plenty.
-    assert np.percentile(_noise_level(syn), 95) <= 6.0
-    assert _noise_level(real).min() >= 10.0
+    assert np.median(corner_syn) < 4.0 < 6.0 < np.median(corner_real)
+    # Pixel noise: synthetic images have a fine texture only, real ones sensor noise on top.
+    noise_syn, noise_real = _noise_level(syn), _noise_level(real)
+    assert np.percentile(noise_syn, 95) < np.percentile(noise_real, 5)
+    assert 2 * np.median(noise_syn) < np.median(noise_real)
     # Real images are darker and duller.
     assert real.mean() < syn.mean() - 15
 

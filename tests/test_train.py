@@ -77,8 +77,8 @@ def test_smoke_training_single_process(tmp_path):
     _check_run(run_dir, total, cache)
     # The built-in shards were made once and are reused.
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [
-        "sim-eyes-v2-real-n512-s0",
-        "sim-eyes-v2-synthetic-n512-s0",
+        "sim-eyes-v3-real-n512-s0",
+        "sim-eyes-v3-synthetic-n512-s0",
     ]
 
 
