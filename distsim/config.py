@@ -34,6 +34,9 @@ class Config:
     builtin_seed: int = 0
     cache_dir: str = ""  # empty: $DISTSIM_CACHE or ~/.cache/distsim
     num_workers: int = 1  # loader processes per rank
+    # A corrupt or truncated shard: "raise" stops with its name; "skip" drops it, warns, and
+    # counts what was skipped in TensorBoard (data/skipped_*).
+    on_bad_shard: str = "raise"
 
     # Models (DESIGN.md section 4). The eye refiner is 3x3 kernels with 4 ResNet blocks.
     refiner_width: int = 64
@@ -112,6 +115,7 @@ class Config:
             "disc_arch": ("eyes", "hands"),
             "psi": ("identity", "channel_mean"),
             "optimizer": ("adam", "sgd"),
+            "on_bad_shard": ("raise", "skip"),
             "mixed_precision": ("", "no", "bf16", "fp16"),
         }
         for name, allowed in choices.items():

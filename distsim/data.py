@@ -1,18 +1,40 @@
-"""Training input: infinite, resampled batch streams over shard sets (see ``shards.format``).
+"""Training input: batch streams over shard sets (see ``shards.format``).
+
+Two streams, both split explicitly by rank and DataLoader worker:
+
+- ``BatchStream``: infinite and resampled. Every (rank, worker) draws blocks independently with
+  replacement, so no rank can run out of batches before another; the trainer counts steps.
+- ``EpochStream``: exact epochs. Epoch e is one permutation of every image, seeded by
+  (seed, e) and identical on every rank, cut into equal numbers of batches per rank, so a
+  world of ranks sees each image exactly once (or, optionally, pads or drops a remainder).
 
 Rank and world size are plain arguments: this module never reads the launch environment, and
 its loaders must never go through ``accelerator.prepare`` (which would re-shard or broadcast).
-Every (rank, worker) draws blocks independently with replacement, so the streams are infinite
-and no rank can run out of batches before another; the trainer counts steps.
+
+Bad data (``on_error``): by default a missing, truncated or corrupt shard raises a one-line
+``ShardError`` naming the file, at construction when indexing finds it (every tar header is
+read then) and otherwise when a block fails to decode. With ``on_error="skip"`` such a shard is
+dropped at construction with a ``ShardWarning`` naming it (see ``skipped_shards``), a block that
+fails to decode later is skipped with a warning naming shard and block, and every batch carries
+two extra keys, ``"skipped_blocks"`` and ``"skipped_images"`` (plain ints, so they cost no
+shared-memory tensor between processes and no device sync): what the worker that made the
+batch skipped since its previous batch. Their sum over batches is the total (a bad block met by
+two workers is counted by each), to accumulate on the host and log. When nothing readable is
+left, the stream raises.
+
+Decoding never unpickles: every ``.npy`` member is loaded with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,6 +47,7 @@ from shards.format import (
     Manifest,
     ShardError,
     decode_block,
+    file_sha256,
     index_shard,
     read_block,
     read_manifest,
@@ -32,11 +55,43 @@ from shards.format import (
 
 # numpy dtype name -> torch dtype the loader yields.
 SUPPORTED_IMAGE_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
+_TORCH_DTYPES = {**SUPPORTED_IMAGE_DTYPES, "int64": torch.int64}  # images and labels
+
+OnError = Literal["raise", "skip"]
+Remainder = Literal["split", "pad", "drop"]
+_ON_ERROR = ("raise", "skip")
+_REMAINDER = ("split", "pad", "drop")
+
+Arrays = tuple[np.ndarray, dict[str, np.ndarray]]  # images (K, C, H, W), labels {name: (K, ...)}
 
 
-def open_shards(directory: str | Path) -> Manifest:
-    """Read a shard set's manifest; ShardError (a ValueError) with one line on any problem."""
-    manifest = read_manifest(directory)
+class ShardWarning(UserWarning):
+    """A shard or block was skipped under ``on_error="skip"``; the message names the file."""
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in _ON_ERROR:
+        raise ValueError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
+
+
+def open_shards(directory: str | Path, *, on_error: OnError = "raise") -> Manifest:
+    """Read a shard set's manifest; ShardError (a ValueError) with one line on any problem.
+
+    With ``on_error="skip"`` only the manifest itself must be valid: shards that are missing or
+    whose size differs from the manifest are left for the streams to drop with a warning.
+    """
+    _check_on_error(on_error)
+    if on_error == "raise":
+        manifest = read_manifest(directory)
+    else:
+        path = Path(directory) / MANIFEST_NAME
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            # read_manifest words every "cannot even start" case (no dir, no manifest) best.
+            read_manifest(directory)
+            raise  # unreachable unless the file appeared meanwhile
+        manifest = Manifest.from_json(text, where=str(path))
     if manifest.image_dtype not in SUPPORTED_IMAGE_DTYPES:
         raise ShardError(
             f"{directory}: image dtype {manifest.image_dtype} is not supported by "
@@ -66,7 +121,140 @@ def check_pair(
         )
 
 
-class BatchStream(IterableDataset):
+def index_shard_set(
+    directory: str | Path,
+    manifest: Manifest,
+    *,
+    on_error: OnError = "raise",
+    verify: bool = False,
+) -> tuple[list[BlockRef], list[str]]:
+    """Index every shard: (blocks in set order, names of shards skipped).
+
+    Checks each shard exists, has the manifest's byte size (and sha256 with ``verify``: the only
+    way to catch a flipped pixel, at the cost of reading every byte once) and a tar layout that
+    matches the manifest. With ``on_error="skip"`` a failing shard is dropped with a
+    ``ShardWarning``; if none is left, ShardError either way.
+    """
+    _check_on_error(on_error)
+    root = Path(directory)
+    blocks: list[BlockRef] = []
+    skipped: list[str] = []
+    for i, info in enumerate(manifest.shards):
+        path = root / info.name
+        try:
+            if not path.is_file():
+                raise ShardError(f"{path}: listed in {MANIFEST_NAME} but missing")
+            size = path.stat().st_size
+            if size != info.bytes:
+                raise ShardError(
+                    f"{path}: {size} bytes but {MANIFEST_NAME} says {info.bytes} (truncated?)"
+                )
+            if verify and file_sha256(path) != info.sha256:
+                raise ShardError(f"{path}: sha256 differs from {MANIFEST_NAME} (corrupt)")
+            refs = index_shard(path, i, manifest)
+        except (ShardError, OSError) as e:
+            message = str(e) if isinstance(e, ShardError) else f"{path}: cannot read: {e}"
+            if on_error == "raise":
+                raise ShardError(message) from None
+            warnings.warn(f"{message}; skipping its {info.count} images", ShardWarning, 2)
+            skipped.append(info.name)
+            continue
+        blocks.extend(refs)
+    if not blocks:
+        raise ShardError(f"{root}: no readable shard left ({len(skipped)} skipped)")
+    return blocks, skipped
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    torch_dtype = _TORCH_DTYPES[dtype]
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch_dtype)
+    # In a DataLoader worker, allocate in shared memory (as default_collate does): sending the
+    # batch to the main process then costs no extra copy.
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * torch_dtype.itemsize)
+    return torch.empty(0, dtype=torch_dtype).set_(storage, 0, shape)
+
+
+class _ShardStream(IterableDataset):
+    """What both streams share: validation, the block index, and reading with on_error."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        manifest: Manifest,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        labels: Sequence[str],
+        on_error: OnError,
+        verify: bool,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or seed < 0:
+            raise ValueError(f"need batch_size >= 1 and seed >= 0, got {batch_size}, {seed}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        _check_on_error(on_error)
+        unknown = [name for name in labels if name not in manifest.labels]
+        if unknown:
+            raise ValueError(f"{directory}: no label(s) {unknown}; it has {list(manifest.labels)}")
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.batch_size = batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.labels = tuple(labels)
+        self.on_error: OnError = on_error
+        # Indexed once here, in the main process, so a corrupt shard fails before training starts
+        # and workers inherit the index instead of re-reading every tar header.
+        self.blocks, self.skipped_shards = index_shard_set(
+            directory, manifest, on_error=on_error, verify=verify
+        )
+        self._counts = np.array([b.count for b in self.blocks], np.int64)  # (blocks,)
+        self._ends = np.cumsum(self._counts)  # (blocks,) last image + 1, over readable blocks
+        self._members = tuple(f"{name}.npy" for name in (IMAGE_KEY, *self.labels))
+        # Worker-local (each worker holds its own copy of the dataset): skipped since the last
+        # yielded batch.
+        self._skipped_blocks = 0
+        self._skipped_images = 0
+
+    @property
+    def num_images(self) -> int:
+        """Images in the readable shards (the manifest's count less skipped shards)."""
+        return int(self._ends[-1])
+
+    def _read(self, ref: BlockRef) -> Arrays | None:
+        """A decoded block, or None when it is bad and on_error is "skip"."""
+        path = self.directory / self.manifest.shards[ref.shard].name
+        # Opening per block costs microseconds next to reading ~0.5 MB, and keeps file
+        # descriptors bounded however many shards a set has.
+        try:
+            with open(path, "rb") as f:
+                return decode_block(read_block(f, ref, self._members), self.manifest)
+        except (ValueError, OSError, EOFError) as e:  # ShardError is a ValueError
+            message = f"{path}: block {ref.key}: {e}"
+            if self.on_error == "raise":
+                raise ShardError(message) from None
+            warnings.warn(f"{message}; skipping its {ref.count} images", ShardWarning, 2)
+            self._skipped_blocks += 1  # the caller counts the images it loses
+            return None
+
+    def _new_batch(self, size: int) -> dict[str, Any]:
+        """Uninitialised {"image": (size, C, H, W), label: (size, *shape)} tensors to fill."""
+        m = self.manifest
+        specs = [(IMAGE_KEY, m.image_shape, m.image_dtype)]
+        specs += [(k, m.labels[k].shape, m.labels[k].dtype) for k in self.labels]
+        return {k: _batch_tensor((size, *shape), dtype) for k, shape, dtype in specs}
+
+    def _finish(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.on_error == "skip":
+            batch["skipped_blocks"] = self._skipped_blocks
+            batch["skipped_images"] = self._skipped_images
+            self._skipped_blocks = self._skipped_images = 0
+        return batch
+
+
+class BatchStream(_ShardStream):
     """Endless batches {"image": (B, C, H, W) image tensor, label: (B, *shape)} from a shard set.
 
     Images stay in their stored dtype (uint8 for eyes: 4x less host-to-device traffic than
@@ -74,7 +262,9 @@ class BatchStream(IterableDataset):
     generator from (seed, rank, worker id, world_size), picks blocks with probability
     proportional to their size (i.e. images uniformly, with replacement), and shuffles images
     through a pool of ``shuffle_buffer`` blocks so a batch mixes many blocks. The stream is a
-    deterministic function of (seed, rank, world_size, num_workers).
+    deterministic function of (seed, rank, world_size, num_workers). For ``on_error`` and the
+    extra batch keys in skip mode, see the module docstring; a skipped block is never drawn
+    again by that worker.
     """
 
     def __init__(
@@ -87,35 +277,18 @@ class BatchStream(IterableDataset):
         seed: int,
         labels: Sequence[str] = ("gaze",),
         shuffle_buffer: int = 4,
+        *,
+        on_error: OnError = "raise",
+        verify: bool = False,
     ) -> None:
-        super().__init__()
-        if batch_size < 1 or shuffle_buffer < 0 or seed < 0:
-            raise ValueError(
-                f"need batch_size >= 1, shuffle_buffer >= 0 and seed >= 0, got "
-                f"{batch_size}, {shuffle_buffer}, {seed}"
-            )
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        unknown = [name for name in labels if name not in manifest.labels]
-        if unknown:
-            raise ValueError(f"{directory}: no label(s) {unknown}; it has {list(manifest.labels)}")
-        self.directory = Path(directory)
-        self.manifest = manifest
-        self.batch_size = batch_size
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.labels = tuple(labels)
+        if shuffle_buffer < 0:
+            raise ValueError(f"need shuffle_buffer >= 0, got {shuffle_buffer}")
+        super().__init__(
+            directory, manifest, batch_size, rank, world_size, seed, labels, on_error, verify
+        )
         self.shuffle_buffer = shuffle_buffer
-        # Indexed once here, in the main process, so a corrupt shard fails before training starts
-        # and workers inherit the index instead of re-reading every tar header.
-        self.blocks: list[BlockRef] = [
-            ref
-            for i, info in enumerate(manifest.shards)
-            for ref in index_shard(self.directory / info.name, i, manifest)
-        ]
-        self._ends = np.cumsum([b.count for b in self.blocks])  # (blocks,) last image + 1
-        self._members = tuple(f"{name}.npy" for name in (IMAGE_KEY, *self.labels))
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = get_worker_info()
         worker_id = worker.id if worker is not None else 0
         rng = np.random.default_rng([self.seed, self.rank, worker_id, self.world_size])
@@ -123,32 +296,277 @@ class BatchStream(IterableDataset):
         m = self.manifest
         images = np.empty((0, *m.image_shape), m.image_dtype)  # (N, C, H, W) the shuffle pool
         labels = {k: np.empty((0, *m.labels[k].shape), m.labels[k].dtype) for k in self.labels}
+        bad: set[int] = set()
         while True:
             parts = [(images, labels)]
             n = len(images)
             while n < keep:  # keep >= batch_size
                 # A uniform image index picks its block: blocks weighted by size.
                 block = int(np.searchsorted(self._ends, rng.integers(self._ends[-1]), "right"))
-                parts.append(self._read(self.blocks[block]))
-                n += len(parts[-1][0])
+                if block in bad:
+                    continue
+                part = self._read(self.blocks[block])
+                if part is None:
+                    self._skipped_images += self.blocks[block].count
+                    bad.add(block)
+                    if len(bad) == len(self.blocks):
+                        raise ShardError(f"{self.directory}: every block failed to decode")
+                    continue
+                parts.append(part)
+                n += len(part[0])
             order = rng.permutation(n)
-            images = np.concatenate([p[0] for p in parts])[order]
-            labels = {k: np.concatenate([p[1][k] for p in parts])[order] for k in self.labels}
-            b = self.batch_size
-            batch = {IMAGE_KEY: torch.from_numpy(images[:b])}
-            batch.update((k, torch.from_numpy(v[:b])) for k, v in labels.items())
-            yield batch
-            images, labels = images[b:], {k: v[b:] for k, v in labels.items()}
+            take, rest = order[: self.batch_size], order[self.batch_size :]
+            batch = self._new_batch(self.batch_size)
+            pool = np.concatenate([p[0] for p in parts])  # (n, C, H, W)
+            # Gathered straight into the batch tensors ("clip" skips take's bounds buffer).
+            np.take(pool, take, axis=0, out=batch[IMAGE_KEY].numpy(), mode="clip")
+            images, labels = pool[rest], {}
+            for k in self.labels:
+                pool = np.concatenate([p[1][k] for p in parts])
+                np.take(pool, take, axis=0, out=batch[k].numpy(), mode="clip")
+                labels[k] = pool[rest]
+            yield self._finish(batch)
 
-    def _read(self, ref: BlockRef) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        path = self.directory / self.manifest.shards[ref.shard].name
-        # Opening per block costs microseconds next to reading ~0.5 MB, and keeps file
-        # descriptors bounded however many shards a set has.
+
+def rank_batches(
+    num_images: int, batch_size: int, world_size: int, rank: int, remainder: Remainder = "split"
+) -> tuple[int, list[int]]:
+    """Where rank ``rank`` starts in an epoch's image order, and its batch sizes.
+
+    Every rank gets the same number of batches. ``"split"``: ranks take contiguous runs of
+    floor or ceil(N / world) images, each cut into full batches then smaller last ones, so each
+    image is used exactly once; ValueError when a rank would get an empty batch (fewer images
+    than batches, e.g. N < world). ``"pad"``: every batch is full and positions past N wrap
+    to the start of the order (N_pad = S * world * batch - N images are seen twice).
+    ``"drop"``: every batch is full and the last N mod (world * batch) images are not used.
+    Positions are taken modulo N.
+    """
+    n, b, w = num_images, batch_size, world_size
+    if remainder == "split":
+        q, extra = divmod(n, w)
+        mine = q + (rank < extra)
+        steps = math.ceil(math.ceil(n / w) / b)
+        if q < steps:
+            raise ValueError(
+                f"cannot split {n} images into {steps} non-empty batches on each of {w} "
+                "ranks; use remainder='pad' or 'drop', or a smaller world"
+            )
+        sizes = []
+        left = mine
+        for i in range(steps):  # as full as possible, leaving >= 1 image per later batch
+            sizes.append(min(b, left - (steps - i - 1)))
+            left -= sizes[-1]
+        assert left == 0 and min(sizes) >= 1
+        return rank * q + min(rank, extra), sizes
+    if remainder == "pad":
+        steps = math.ceil(n / (w * b))
+    elif remainder == "drop":
+        steps = n // (w * b)
+        if steps == 0:
+            raise ValueError(f"remainder='drop' leaves no batch: {n} images < {w} x {b}")
+    else:
+        raise ValueError(f"remainder must be one of {_REMAINDER}, got {remainder!r}")
+    return rank * steps * b, [b] * steps
+
+
+def worker_batches(num_batches: int, num_workers: int, worker: int) -> tuple[int, int]:
+    """(first, count) of a rank's batches that worker ``worker`` makes: contiguous runs, so each
+    worker reads its own blocks instead of every worker decoding every block."""
+    q, extra = divmod(num_batches, num_workers)
+    return worker * q + min(worker, extra), q + (worker < extra)
+
+
+class EpochStream(_ShardStream):
+    """Exact epochs: each image once per epoch over all ranks, equal batch counts per rank.
+
+    The order of epoch e depends only on (seed, e) and is the same on every rank: blocks are
+    permuted, then images are permuted within consecutive windows of ``shuffle_blocks`` blocks
+    (a window is a few thousand images: the shuffle is local in the file but global over the
+    set, and each worker decodes each block it needs once). Ranks take contiguous runs of the
+    order and ``rank_batches`` cuts them (``remainder``: "split" uses every image exactly once
+    and gives ranks with fewer images a smaller last batch; "pad" and "drop" keep every batch
+    full, see ``padded`` and ``dropped``). A rank's batches are dealt to DataLoader workers in
+    contiguous runs; the DataLoader interleaves them, so smaller batches come near the end.
+    Within a batch, rows are grouped by block (which images form a batch is what is random).
+    This is split by images, not shards: any shard count and sizes work for any world.
+
+    ``len(stream)`` is the number of batches on this rank. Call ``set_epoch`` before each pass
+    (as with DistributedSampler); the value lives in shared memory, so persistent workers see
+    it. ``with_index`` adds "index": (B,) int64, each image's position in the shard set (manifest
+    order), so outputs can be written back in order. With ``on_error="skip"`` the images of a
+    bad block are left out of their batch (which then can be smaller, even empty) so batch
+    counts stay equal across ranks.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        manifest: Manifest,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        labels: Sequence[str] = ("gaze",),
+        *,
+        epoch: int = 0,
+        shuffle: bool = True,
+        shuffle_blocks: int = 16,
+        remainder: Remainder = "split",
+        with_index: bool = False,
+        on_error: OnError = "raise",
+        verify: bool = False,
+    ) -> None:
+        if shuffle_blocks < 1 or epoch < 0:
+            raise ValueError(f"need shuffle_blocks >= 1, epoch >= 0, got {shuffle_blocks}, {epoch}")
+        if remainder not in _REMAINDER:
+            raise ValueError(f"remainder must be one of {_REMAINDER}, got {remainder!r}")
+        super().__init__(
+            directory, manifest, batch_size, rank, world_size, seed, labels, on_error, verify
+        )
+        self.shuffle, self.shuffle_blocks = shuffle, shuffle_blocks
+        self.remainder: Remainder = remainder
+        self.with_index = with_index
+        n = self.num_images
+        self._start, self._sizes = rank_batches(n, batch_size, world_size, rank, remainder)
+        total = len(self._sizes) * world_size * batch_size
+        self.padded = total - n if remainder == "pad" else 0  # images seen twice per epoch
+        self.dropped = n - total if remainder == "drop" else 0  # images unseen per epoch
+        self._epoch = torch.tensor(epoch, dtype=torch.int64).share_memory_()
+        self._starts = self._ends - self._counts  # (blocks,) first dense image id of each block
+        # Position of each block's first image in the whole set, skipped shards included.
+        shard_first = np.cumsum([0] + [s.count for s in manifest.shards])
+        within = np.zeros(len(self.blocks), np.int64)
+        for i in range(1, len(self.blocks)):
+            same = self.blocks[i].shard == self.blocks[i - 1].shard
+            within[i] = within[i - 1] + self.blocks[i - 1].count if same else 0
+        self._set_first = shard_first[[b.shard for b in self.blocks]] + within  # (blocks,)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch.fill_(epoch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """(N,) int64 dense image ids (readable blocks, set order) in epoch ``epoch``'s order."""
+        nb = len(self.blocks)
+        if not self.shuffle:
+            return np.arange(self.num_images, dtype=np.int64)
+        rng = np.random.default_rng([self.seed, epoch])
+        blocks = rng.permutation(nb)
+        parts = []
+        for i in range(0, nb, self.shuffle_blocks):
+            group = blocks[i : i + self.shuffle_blocks]
+            ids = np.concatenate([np.arange(self._starts[g], self._ends[g]) for g in group])
+            rng.shuffle(ids)
+            parts.append(ids)
+        return np.concatenate(parts)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker = get_worker_info()
+        worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        first, count = worker_batches(len(self._sizes), workers, worker_id)
+        sizes = self._sizes[first : first + count]
+        if not sizes:
+            return
+        n = self.num_images
+        begin = self._start + sum(self._sizes[:first])
+        ids = self.order(self.epoch)[(begin + np.arange(sum(sizes))) % n]  # (M,) dense ids
+        block = np.searchsorted(self._ends, ids, "right")  # (M,)
+        offset = ids - self._starts[block]  # (M,) row in its block
+        # The last of this worker's batches that needs each block: decoded blocks are dropped
+        # after it, so memory stays about one shuffle window.
+        last_use = np.full(len(self.blocks), -1)
+        np.maximum.at(last_use, block, np.repeat(np.arange(len(sizes)), sizes))
+        cache: dict[int, Arrays | None] = {}
+        pos = 0
+        for j, size in enumerate(sizes):
+            # Rows grouped by block (the batch is a random subset either way), so each block's
+            # rows are gathered with one copy into a contiguous slice of the batch.
+            by_block = pos + np.argsort(block[pos : pos + size], kind="stable")
+            bb, oo = block[by_block], offset[by_block]
+            pos += size
+            batch = self._new_batch(size)
+            images = batch[IMAGE_KEY].numpy()  # (B, C, H, W) views to fill
+            labels = {k: batch[k].numpy() for k in self.labels}
+            good = np.ones(size, bool)
+            blocks, starts = np.unique(bb, return_index=True)
+            ends = [*starts[1:].tolist(), size]
+            for b, lo, hi in zip(blocks.tolist(), starts.tolist(), ends, strict=True):
+                if b not in cache:
+                    cache[b] = self._read(self.blocks[b])
+                part = cache[b]
+                if part is None:
+                    good[lo:hi] = False
+                else:
+                    rows = oo[lo:hi]
+                    np.take(part[0], rows, axis=0, out=images[lo:hi], mode="clip")
+                    for k in self.labels:
+                        np.take(part[1][k], rows, axis=0, out=labels[k][lo:hi], mode="clip")
+                if last_use[b] == j:
+                    del cache[b]
+            if not good.all():
+                self._skipped_images += int(size - good.sum())  # only this worker's share
+                keep = torch.from_numpy(good)
+                batch = {k: v[keep] for k, v in batch.items()}
+                bb, oo = bb[good], oo[good]
+            if self.with_index:
+                batch["index"] = torch.from_numpy(self._set_first[bb] + oo)  # (B,)
+            yield self._finish(batch)
+
+
+class ShardLoader(DataLoader):
+    """A DataLoader that re-raises a worker's ShardError as its own one-line message.
+
+    (DataLoader wraps worker exceptions in a message holding the worker's traceback.) After
+    such an error the workers are stopped at once. ``close()`` (or ``with loader:``) stops
+    persistent workers when you are done: left to the garbage collector inside a reference
+    cycle (an exception's traceback, for one), each worker costs a 5 s join timeout.
+    """
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._one_line_errors(super().__iter__())
+
+    def _one_line_errors(self, batches: Iterator[Any]) -> Iterator[Any]:
         try:
-            with open(path, "rb") as f:
-                return decode_block(read_block(f, ref, self._members), self.manifest)
-        except (ShardError, OSError) as e:
-            raise ShardError(f"{path}: block {ref.key}: {e}") from None
+            yield from batches
+        except ShardError as e:
+            self._stop(batches)
+            text = str(e)
+            if not text.startswith("Caught ShardError"):
+                raise
+            last = text.rstrip().rsplit("\n", 1)[-1]  # "shards.format.ShardError: <message>"
+            raise ShardError(last.split("ShardError: ", 1)[-1]) from None
+
+    def _stop(self, batches: Iterator[Any] | None) -> None:
+        # DataLoader has no public way to stop its workers early.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        if batches is getattr(self, "_iterator", None):
+            self._iterator = None  # a persistent iterator cannot be reused after shutdown
+
+    def close(self) -> None:
+        """Stop persistent workers now; iterating again starts new ones."""
+        self._stop(getattr(self, "_iterator", None))
+
+    def __enter__(self) -> ShardLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def set_epoch(self, epoch: int) -> None:
+        """For an EpochStream: the epoch the next ``iter(loader)`` reads."""
+        if not isinstance(self.dataset, EpochStream):
+            raise TypeError("set_epoch needs a loader over an EpochStream")
+        self.dataset.set_epoch(epoch)
 
 
 def make_loader(
@@ -161,13 +579,74 @@ def make_loader(
     labels: Sequence[str] = ("gaze",),
     pin_memory: bool = False,
     shuffle_buffer: int = 4,
-) -> DataLoader:
-    """A DataLoader over ``BatchStream``; batches are already formed, so batch_size=None."""
-    manifest = open_shards(directory)
+    *,
+    on_error: OnError = "raise",
+    verify: bool = False,
+) -> ShardLoader:
+    """A DataLoader over ``BatchStream``; batches are already formed, so batch_size=None.
+
+    ``loader.dataset.skipped_shards`` lists shards dropped under ``on_error="skip"``.
+    """
+    manifest = open_shards(directory, on_error=on_error)
     stream = BatchStream(
-        directory, manifest, batch_size, rank, world_size, seed, labels, shuffle_buffer
+        directory,
+        manifest,
+        batch_size,
+        rank,
+        world_size,
+        seed,
+        labels,
+        shuffle_buffer,
+        on_error=on_error,
+        verify=verify,
     )
-    return DataLoader(
+    return ShardLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def make_epoch_loader(
+    directory: str | Path,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    num_workers: int = 1,
+    labels: Sequence[str] = ("gaze",),
+    pin_memory: bool = False,
+    *,
+    epoch: int = 0,
+    shuffle: bool = True,
+    remainder: Remainder = "split",
+    with_index: bool = False,
+    on_error: OnError = "raise",
+    verify: bool = False,
+) -> ShardLoader:
+    """A DataLoader over ``EpochStream``: ``len(loader)`` batches per pass on every rank.
+
+    Call ``loader.set_epoch(e)`` before each pass for a new order.
+    """
+    manifest = open_shards(directory, on_error=on_error)
+    stream = EpochStream(
+        directory,
+        manifest,
+        batch_size,
+        rank,
+        world_size,
+        seed,
+        labels,
+        epoch=epoch,
+        shuffle=shuffle,
+        remainder=remainder,
+        with_index=with_index,
+        on_error=on_error,
+        verify=verify,
+    )
+    return ShardLoader(
         stream,
         batch_size=None,
         num_workers=num_workers,

@@ -102,14 +102,19 @@ def prepare_data(cfg: Config, accelerator: Accelerator) -> tuple[Path, Path, dat
                     data.ensure_builtin_shards(domain, cfg.builtin_count, cfg.builtin_seed, cache)
                 )
         syn_dir, real_dir = paths
-    syn = data.open_shards(syn_dir)
-    real = data.open_shards(real_dir)
+    syn = data.open_shards(syn_dir, on_error=cfg.on_bad_shard)
+    real = data.open_shards(real_dir, on_error=cfg.on_bad_shard)
     data.check_pair(syn, syn_dir, real, real_dir)
     return syn_dir, real_dir, syn
 
 
-def batches(loader: torch.utils.data.DataLoader, device: torch.device) -> Iterator[torch.Tensor]:
+def batches(
+    loader: torch.utils.data.DataLoader, device: torch.device, skipped: dict[str, int]
+) -> Iterator[torch.Tensor]:
+    """Float images on the device; adds what the loader skipped (skip mode) to `skipped`."""
     for batch in loader:
+        skipped["blocks"] += batch.get("skipped_blocks", 0)
+        skipped["images"] += batch.get("skipped_images", 0)
         yield to_unit_range(batch["image"].to(device, non_blocking=True))  # (B, C, H, W)
 
 
@@ -163,14 +168,16 @@ def training_loop(cfg: Config, accelerator: Accelerator | None = None) -> Path:
 
     # Separate streams per domain, images only: SimGAN never reads a label. The loaders never
     # go through accelerator.prepare (it would re-shard or broadcast them).
-    syn_loader = data.make_loader(
-        syn_dir, cfg.batch_size, rank, world, cfg.seed * 2, cfg.num_workers, labels=()
-    )
-    real_loader = data.make_loader(
-        real_dir, cfg.batch_size, rank, world, cfg.seed * 2 + 1, cfg.num_workers, labels=()
-    )
-    syn_batches = batches(syn_loader, device)
-    real_batches = batches(real_loader, device)
+    skipped = {domain: {"blocks": 0, "images": 0} for domain in ("synthetic", "real")}
+    loaders = {}
+    for i, (domain, directory) in enumerate((("synthetic", syn_dir), ("real", real_dir))):
+        loaders[domain] = data.make_loader(
+            directory, cfg.batch_size, rank, world, cfg.seed * 2 + i, cfg.num_workers,
+            labels=(), on_error=cfg.on_bad_shard,
+        )  # fmt: skip
+        skipped[domain]["shards"] = len(loaders[domain].dataset.skipped_shards)
+    syn_batches = batches(loaders["synthetic"], device, skipped["synthetic"])
+    real_batches = batches(loaders["real"], device, skipped["real"])
 
     history = (
         HistoryBuffer(cfg.history_size, image_shape, seed=cfg.seed, device=device)
@@ -308,7 +315,20 @@ def training_loop(cfg: Config, accelerator: Accelerator | None = None) -> Path:
                     f"non-finite loss at step {step} ({phase}): {bad}; last checkpoint in "
                     f"{run_dir / 'checkpoints'} is untouched"
                 )
+            if cfg.on_bad_shard == "skip":
+                counts = [skipped[d][k] for d in sorted(skipped) for k in sorted(skipped[d])]
+                total_skipped = accelerator.reduce(
+                    torch.tensor(counts, device=device, dtype=torch.float64), reduction="sum"
+                ).tolist()
+                names = [
+                    f"data/skipped_{k}_{d}" for d in sorted(skipped) for k in sorted(skipped[d])
+                ]
+                stats_skipped = dict(zip(names, total_skipped, strict=True))
+            else:
+                stats_skipped = {}
             if writer is not None:
+                for k, v in stats_skipped.items():
+                    writer.add_scalar(k, v, step)
                 for k, v in stats.items():
                     writer.add_scalar(f"{phase}/{k}" if phase != "adversarial" else k, v, step)
                 writer.add_scalar(
@@ -323,6 +343,8 @@ def training_loop(cfg: Config, accelerator: Accelerator | None = None) -> Path:
         if step % cfg.ckpt_every == 0 or step == total:
             checkpoint(step)
     bar.close()
+    for loader in loaders.values():
+        loader.close()
     if writer is not None:
         writer.close()
     accelerator.wait_for_everyone()

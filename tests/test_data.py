@@ -1,11 +1,16 @@
-"""distsim.data: endless resampled batch streams over shard sets, and the built-in cache."""
+"""distsim.data: resampled and exact-epoch batch streams, bad-data handling, built-in cache."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
+import math
 import os
 import re
+import tarfile
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +20,18 @@ import torch
 import shards.cli
 from distsim.data import (
     BatchStream,
+    EpochStream,
+    ShardWarning,
     check_pair,
     ensure_builtin_shards,
+    make_epoch_loader,
     make_loader,
     open_shards,
+    rank_batches,
+    worker_batches,
 )
 from distsim.sim import eyes
-from shards.format import MANIFEST_NAME, ShardError
+from shards.format import MANIFEST_NAME, Manifest, ShardError, ShardInfo, file_sha256
 from shards.writer import ShardSetWriter
 
 COUNT, SEED = 600, 1
@@ -52,6 +62,23 @@ def stream(
     return BatchStream(
         directory, open_shards(directory), batch_size, rank, world_size, seed, labels
     )
+
+
+def write_indexed_set(out: Path, sizes: Sequence[int], block_size: int, seed: int = 0) -> Path:
+    """Shards of exactly ``sizes`` images (8x8 noise) with label "idx": each image's position."""
+    rng = np.random.default_rng(seed)
+    with ShardSetWriter(
+        out, (8, 8), "uint8", {"idx": ((), "int64", "position in the set")}, {}, 1, block_size
+    ) as writer:
+        start = 0
+        for n in sizes:
+            # The writer closes a shard when it holds shard_size images: this gives uneven ones.
+            writer.shard_size = n
+            writer.add(
+                rng.integers(0, 256, (n, 8, 8), np.uint8), {"idx": np.arange(start, start + n)}
+            )
+            start += n
+    return out
 
 
 def take(batches, n: int) -> list[dict[str, torch.Tensor]]:
@@ -97,15 +124,17 @@ def test_two_ranks_two_workers_yield_equal_batch_counts(shard_dir: Path) -> None
     steps = 7
     firsts = []
     for rank in range(2):
-        loader = make_loader(shard_dir, 48, rank, 2, seed=0, num_workers=2)
-        batches = take(iter(loader), steps)
+        # Closing stops the persistent workers now rather than whenever GC gets to them.
+        with make_loader(shard_dir, 48, rank, 2, seed=0, num_workers=2) as loader:
+            batches = take(iter(loader), steps)
         assert len(batches) == steps
         assert all(b["image"].shape == (48, 1, 35, 55) for b in batches)
         # Batches alternate between the two workers, which draw different streams.
         assert not torch.equal(batches[0]["image"], batches[1]["image"])
         firsts.append(batches[0]["image"])
     assert not torch.equal(*firsts)
-    again = take(iter(make_loader(shard_dir, 48, 1, 2, seed=0, num_workers=2)), steps)
+    with make_loader(shard_dir, 48, 1, 2, seed=0, num_workers=2) as loader:
+        again = take(iter(loader), steps)
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(batches, again, strict=True))
 
 
@@ -119,8 +148,11 @@ def test_loader_refuses_incomplete_set(tmp_path: Path, reference: dict[str, np.n
     ):
         writer.add(reference["image"][:100], {"gaze": reference["gaze"][:100]})
         raise RuntimeError("interrupted")
-    with pytest.raises(ShardError, match="has no manifest.json: conversion incomplete"):
-        make_loader(out, 8, 0, 1, seed=0)
+    for on_error in ("raise", "skip"):  # skipping never applies to the manifest itself
+        with pytest.raises(ShardError, match="has no manifest.json: conversion incomplete"):
+            make_loader(out, 8, 0, 1, seed=0, on_error=on_error)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_error must be one of"):
+        open_shards(out, on_error="ignore")  # type: ignore[arg-type]
 
 
 def test_loader_names_corrupt_shard(tmp_path: Path) -> None:
@@ -177,7 +209,7 @@ def test_ensure_builtin_shards_creates_once(
 ) -> None:
     monkeypatch.setenv("DISTSIM_CACHE", str(tmp_path / "cache"))
     path = ensure_builtin_shards("real", 100, 5, progress=False)
-    assert path == tmp_path / "cache" / "sim-eyes-v2-real-n100-s5"
+    assert path == tmp_path / "cache" / "sim-eyes-v3-real-n100-s5"
     m = open_shards(path)
     assert m.count == 100 and m.labels_for_evaluation_only
     stamp = os.stat(path / MANIFEST_NAME).st_mtime_ns
@@ -190,7 +222,7 @@ def test_ensure_builtin_shards_creates_once(
 def test_ensure_builtin_shards_loser_of_a_race_uses_the_winner(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    final = tmp_path / "sim-eyes-v2-synthetic-n50-s0"
+    final = tmp_path / "sim-eyes-v3-synthetic-n50-s0"
     convert = shards.cli.convert_sim_eyes
 
     def racing(out: Path, *args, **kwargs):  # another rank finishes first, mid-conversion
@@ -201,3 +233,236 @@ def test_ensure_builtin_shards_loser_of_a_race_uses_the_winner(
     assert ensure_builtin_shards("synthetic", 50, 0, tmp_path, progress=False) == final
     assert open_shards(final).count == 50
     assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]  # no temp dir left
+
+
+# --- exact epochs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("remainder", ["split", "pad", "drop"])
+def test_rank_batches_cover_the_epoch(remainder: str) -> None:
+    for n, b, w in itertools.product(
+        (1, 2, 5, 31, 32, 33, 64, 100, 803), (1, 2, 7, 32), (1, 2, 3, 8)
+    ):
+        try:
+            plans = [rank_batches(n, b, w, r, remainder) for r in range(w)]
+        except ValueError:
+            # Only where no equal split exists: fewer images than batches, or nothing to keep.
+            assert (remainder == "split" and n // w < math.ceil(math.ceil(n / w) / b)) or (
+                remainder == "drop" and n < w * b
+            )
+            continue
+        assert len({len(sizes) for _, sizes in plans}) == 1  # same batch count on every rank
+        assert all(1 <= s <= b for _, sizes in plans for s in sizes)
+        seen = [p % n for start, sizes in plans for p in range(start, start + sum(sizes))]
+        if remainder == "split":
+            assert sorted(seen) == list(range(n))
+        elif remainder == "pad":
+            assert set(seen) == set(range(n)) and all(s == b for _, z in plans for s in z)
+            assert len(seen) - n < w * b
+        else:
+            assert len(set(seen)) == len(seen) and n - len(seen) < w * b
+
+
+def test_worker_batches_deal_contiguous_runs() -> None:
+    for batches, workers in itertools.product(range(12), range(1, 5)):
+        runs = [worker_batches(batches, workers, w) for w in range(workers)]
+        assert [i for first, count in runs for i in range(first, first + count)] == list(
+            range(batches)
+        )
+
+
+def uneven(tmp_path: Path) -> Path:
+    return write_indexed_set(tmp_path / "set", (700, 90, 13), block_size=32)
+
+
+def test_epoch_loaders_see_every_sample_once_over_ranks_and_workers(tmp_path: Path) -> None:
+    directory = uneven(tmp_path)
+    loaders = [
+        make_epoch_loader(
+            directory, 32, r, 2, seed=3, num_workers=2, labels=("idx",), with_index=True
+        )
+        for r in range(2)
+    ]
+    epochs = []
+    for epoch in range(2):
+        ids, counts = [], []
+        for loader in loaders:
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            counts.append(len(batches))
+            for batch in batches:
+                assert batch["image"].shape[1:] == (1, 8, 8)
+                torch.testing.assert_close(batch["idx"], batch["index"])
+                ids += batch["idx"].tolist()
+        assert counts == [len(loaders[0]), len(loaders[1])] == [13, 13]
+        assert sorted(ids) == list(range(803))
+        epochs.append(ids)
+    for loader in loaders:
+        loader.close()
+    assert epochs[0] != epochs[1]
+    # An epoch is a function of (seed, epoch): a fresh in-process stream makes rank 0's share
+    # of epoch 1 again (in plan order; two workers interleaved their halves of it).
+    again = EpochStream(directory, open_shards(directory), 32, 0, 2, 3, ("idx",), epoch=1)
+    again_ids = [i for batch in again for i in batch["idx"].tolist()]
+    assert again_ids != epochs[1][:402] and sorted(again_ids) == sorted(epochs[1][:402])
+    assert again_ids[:32] == epochs[1][:32]
+
+
+def test_epoch_stream_pad_and_drop(tmp_path: Path) -> None:
+    directory = uneven(tmp_path)
+    m = open_shards(directory)
+    pad = [EpochStream(directory, m, 100, r, 3, 0, ("idx",), remainder="pad") for r in range(3)]
+    ids = [i for s in pad for batch in s for i in batch["idx"].tolist()]
+    assert pad[0].padded == 900 - 803 and len(ids) == 900 and set(ids) == set(range(803))
+    drop = [EpochStream(directory, m, 100, r, 3, 0, ("idx",), remainder="drop") for r in range(3)]
+    ids = [i for s in drop for batch in s for i in batch["idx"].tolist()]
+    assert drop[0].dropped == 803 - 600 and len(set(ids)) == len(ids) == 600
+    with pytest.raises(ValueError, match="cannot split 3 images into 1 non-empty batches on each"):
+        EpochStream(
+            write_indexed_set(tmp_path / "tiny", (3,), 2),
+            open_shards(tmp_path / "tiny"),
+            4,
+            0,
+            4,
+            0,
+            (),
+        )
+
+
+# --- bad data -----------------------------------------------------------------------------------
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0xFF]))
+
+
+def member_offset(shard: Path, name: str) -> int:
+    with tarfile.open(shard) as tar:
+        return tar.getmember(name).offset_data
+
+
+def test_truncated_shard_raises_or_is_skipped(tmp_path: Path) -> None:
+    directory = uneven(tmp_path)
+    shard = directory / "shard-000001.tar"
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    with pytest.raises(ShardError, match=re.escape(f"{shard}: ") + ".*truncated"):
+        make_loader(directory, 32, 0, 1, 0, num_workers=0, labels=("idx",))
+    with pytest.warns(ShardWarning, match=re.escape(f"{shard}: ") + ".*skipping its 90 images"):
+        loader = make_epoch_loader(
+            directory, 32, 0, 1, 0, num_workers=0, labels=("idx",), on_error="skip"
+        )
+    assert loader.dataset.skipped_shards == ["shard-000001.tar"]
+    ids = [i for batch in loader for i in batch["idx"].tolist()]
+    assert sorted(ids) == [*range(700), *range(790, 803)]
+    with pytest.warns(ShardWarning):
+        stream = iter(
+            make_loader(directory, 32, 0, 1, 0, num_workers=0, labels=("idx",), on_error="skip")
+        )
+    assert all(not 700 <= i < 790 for batch in take(stream, 10) for i in batch["idx"].tolist())
+
+
+def test_all_shards_bad_raises_even_when_skipping(tmp_path: Path) -> None:
+    directory = uneven(tmp_path)
+    for shard in directory.glob("shard-*.tar"):
+        shard.write_bytes(b"")
+    with pytest.warns(ShardWarning), pytest.raises(ShardError, match="no readable shard left"):
+        make_loader(directory, 32, 0, 1, 0, num_workers=0, labels=("idx",), on_error="skip")
+
+
+def test_corrupt_block_raises_naming_the_shard_or_is_skipped_and_counted(tmp_path: Path) -> None:
+    directory = uneven(tmp_path)
+    shard = directory / "shard-000000.tar"
+    # Block 3's label header: indexing reads only image headers, so this shows up when decoding.
+    flip_byte(shard, member_offset(shard, "00000003.idx.npy") + 1)
+    for num_workers in (0, 1):
+        loader = make_epoch_loader(directory, 32, 0, 1, 0, num_workers, labels=("idx",))
+        with pytest.raises(ShardError) as error:
+            list(loader)
+        # One line that names the file and block, also when it came from a worker process.
+        assert str(error.value).startswith(f"{shard}: block 00000003: idx.npy does not decode")
+        assert "\n" not in str(error.value)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loader = make_epoch_loader(
+            directory, 32, 0, 1, 0, num_workers=0, labels=("idx",), on_error="skip"
+        )
+        batches = list(loader)
+    (warning,) = caught  # once: the block is decoded once per epoch
+    assert warning.category is ShardWarning
+    message = str(warning.message)
+    assert message.startswith(f"{shard}: block 00000003: idx.npy does not decode")
+    assert message.endswith("; skipping its 32 images")
+    assert len(batches) == len(loader) == 26
+    assert sum(b["skipped_blocks"] for b in batches) == 1
+    assert sum(b["skipped_images"] for b in batches) == 32
+    ids = sorted(i for batch in batches for i in batch["idx"].tolist())
+    assert ids == [i for i in range(803) if not 96 <= i < 128]
+    # From worker processes the counts arrive the same way (their warnings go to stderr).
+    with make_epoch_loader(directory, 32, 0, 1, 0, 2, labels=("idx",), on_error="skip") as loader:
+        batches = list(loader)
+    assert len(batches) == 26 and sum(b["skipped_images"] for b in batches) == 32
+    assert sum(len(b["idx"]) for b in batches) == 803 - 32
+
+    with pytest.warns(ShardWarning, match="block 00000003"):
+        stream = BatchStream(
+            directory, open_shards(directory), 64, 0, 1, 0, ("idx",), on_error="skip"
+        )
+        batches = take(iter(stream), 40)
+    assert sum(b["skipped_blocks"] for b in batches) == 1  # never drawn again
+    assert all(not 96 <= i < 128 for batch in batches for i in batch["idx"].tolist())
+
+
+def test_flipped_pixel_is_caught_only_by_verify(tmp_path: Path) -> None:
+    directory = uneven(tmp_path)
+    shard = directory / "shard-000002.tar"
+    flip_byte(shard, member_offset(shard, "00000025.image.npy") + 200)  # past the npy header
+    assert len(list(EpochStream(directory, open_shards(directory), 32, 0, 1, 0, ()))) == 26
+    with pytest.raises(ShardError, match=re.escape(f"{shard}: sha256 differs")):
+        make_loader(directory, 32, 0, 1, 0, num_workers=0, verify=True, labels=())
+    with pytest.warns(ShardWarning, match=re.escape(f"{shard}: sha256 differs")):
+        loader = make_epoch_loader(directory, 32, 0, 1, 0, 0, (), verify=True, on_error="skip")
+    assert len(loader) == 25 and loader.dataset.num_images == 790
+
+
+def test_pickled_object_array_is_refused_not_unpickled(tmp_path: Path) -> None:
+    directory = uneven(tmp_path)
+    marker = tmp_path / "unpickled"
+    # Unpickling this array would call Path.touch(marker).
+    toucher = type("Toucher", (), {"__reduce__": lambda self: (Path.touch, (marker,))})
+    evil = np.empty((13, 1, 8, 8), object)
+    evil.fill(toucher())
+    buffer = io.BytesIO()
+    np.save(buffer, evil, allow_pickle=True)
+    shard = directory / "shard-000002.tar"
+    rewritten = tmp_path / "evil.tar"
+    with (
+        tarfile.open(shard) as src,
+        tarfile.open(rewritten, "w", format=tarfile.USTAR_FORMAT) as dst,
+    ):
+        for member in src:
+            data = src.extractfile(member).read()
+            if member.name.endswith(".image.npy"):
+                data = buffer.getvalue()
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    rewritten.replace(shard)
+    # The manifest vouches for the new bytes, so only decoding stands between us and pickle.
+    m = open_shards(directory)
+    infos = [
+        dataclasses.replace(s, bytes=shard.stat().st_size, sha256=file_sha256(shard))
+        if s.name == shard.name
+        else s
+        for s in m.shards
+    ]
+    (directory / MANIFEST_NAME).write_text(dataclasses.replace(m, shards=infos).to_json())
+    loader = make_epoch_loader(directory, 32, 0, 1, 0, 0, ("idx",), shuffle=False)
+    with pytest.raises(ShardError, match="Object arrays cannot be loaded when allow_pickle=False"):
+        list(loader)
+    assert not marker.exists()
+    assert isinstance(m, Manifest) and all(isinstance(s, ShardInfo) for s in infos)

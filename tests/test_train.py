@@ -190,3 +190,27 @@ def test_smoke_training_two_processes_gloo(tmp_path):
 def test_bad_flag_values_exit_2(flag, capsys):
     assert main(["--preset", "smoke", flag, "-1"]) == 2
     assert "must be" in capsys.readouterr().err
+
+
+def test_truncated_shard_stops_or_is_skipped_and_counted(tmp_path, capsys):
+    from shards.cli import main as shards_main
+
+    syn, real = tmp_path / "syn", tmp_path / "real"
+    for domain, out in (("synthetic", syn), ("real", real)):
+        args = ["convert", "sim-eyes", "--domain", domain, "--count", "256", "--seed", "0"]
+        assert shards_main([*args, "--out", str(out), "--shard-size", "128",
+                            "--block-size", "32"]) == 0  # fmt: skip
+    bad = syn / "shard-000001.tar"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    capsys.readouterr()
+    flags = ["--preset", "smoke", "--synthetic", str(syn), "--real", str(real), "--no-progress"]
+
+    assert main([*flags, "--run-dir", str(tmp_path / "stop")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shard-000001.tar" in err[0], err
+
+    with pytest.warns(UserWarning, match="shard-000001.tar"):
+        assert main([*flags, "--run-dir", str(tmp_path / "skip"), "--on-bad-shard", "skip"]) == 0
+    scalars = _scalars(tmp_path / "skip")
+    assert scalars["data/skipped_shards_synthetic"][-1] == 1
+    assert scalars["data/skipped_shards_real"][-1] == 0
