@@ -1,21 +1,22 @@
 """``python -m shards``: convert source datasets into shard sets, and inspect shard sets.
 
-Adding a source: write a ``convert_<source>(out_dir, ..., shard_size, block_size, progress)``
-function and an ``_add_<source>(sources)`` subparser that sets ``run=``, then list the adder in
-``SOURCES``.
+Each source lives in ``shards/sources/<name>.py`` (listed in ``shards.sources.SOURCES``).
+Errors in the input are one line, ``shards: error: <file>: <problem>``, exit status 2. SIGINT
+and SIGTERM stop a conversion cleanly: workers are terminated and no manifest is written, so
+the partial directory is refused by every reader until a rerun replaces it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
-from tqdm import tqdm
 
 from shards.format import (
     Manifest,
@@ -26,92 +27,40 @@ from shards.format import (
     read_block,
     read_manifest,
 )
-from shards.writer import ShardSetWriter
+from shards.sheet import write_contact_sheet
+from shards.sources import SOURCES
+from shards.sources.common import non_negative_int, positive_int
+from shards.sources.sim_eyes import LABELS as SIM_EYES_LABELS
+from shards.sources.sim_eyes import convert_sim_eyes
 
-# Generating in chunks bounds memory for any --count; a multiple of the simulator's own block
-# size (256) avoids regenerating a block twice at chunk edges.
-_CHUNK = 4096
-
-# --- source: sim-eyes ---------------------------------------------------------------------------
-
-SIM_EYES_LABELS = {
-    "gaze": ((3,), "float32", "unit gaze vector, MPIIGaze normalised camera coords (shards.gaze)"),
-    "pitchyaw": ((2,), "float32", "gaze (pitch, yaw) in radians (shards.gaze convention)"),
-    "pupil": ((2,), "float32", "pupil centre (x, y) in pixels, x right, y down"),
-}
-
-
-def convert_sim_eyes(
-    out_dir: str | Path,
-    domain: str,
-    count: int,
-    seed: int,
-    *,
-    shard_size: int = 50_000,
-    block_size: int = 256,
-    progress: bool = True,
-) -> Manifest:
-    """Render ``count`` eyes from the built-in simulator into a shard set at ``out_dir``."""
-    # Imported here so that `shards` does not pull in the simulator for other commands.
-    eyes = importlib.import_module("distsim.sim.eyes")
-    if domain not in eyes.DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; expected one of {eyes.DOMAINS}")
-    if count < 1 or seed < 0:
-        raise ValueError(f"count ({count}) must be >= 1 and seed ({seed}) >= 0")
-    real = domain == "real"
-    with (
-        ShardSetWriter(
-            out_dir,
-            image_shape=eyes.IMAGE_SHAPE,
-            image_dtype="uint8",
-            labels=SIM_EYES_LABELS,
-            source={"name": "sim-eyes", "domain": domain, "seed": seed},
-            shard_size=shard_size,
-            block_size=block_size,
-            # The simulator's "real" domain has labels only to score estimators on it.
-            labelled=not real,
-            labels_for_evaluation_only=real,
-        ) as writer,
-        tqdm(total=count, unit="img", desc=f"sim-eyes {domain}", disable=not progress) as bar,
-    ):
-        for start in range(0, count, _CHUNK):
-            n = min(_CHUNK, count - start)
-            sample = eyes.generate(domain, n, seed, start=start)
-            writer.add(sample["image"], {k: sample[k] for k in SIM_EYES_LABELS})
-            bar.update(n)
-    assert writer.manifest is not None
-    return writer.manifest
-
-
-def _add_sim_eyes(sources: argparse._SubParsersAction) -> None:
-    p = sources.add_parser(
-        "sim-eyes",
-        help="built-in procedural eye simulator (35x55 grey)",
-        description="Render eyes with distsim.sim.eyes; labels gaze (3), pitchyaw (2), pupil (2).",
-    )
-    p.add_argument(
-        "--domain",
-        choices=("synthetic", "real"),
-        required=True,
-        help="synthetic (labelled) or real (labels for evaluation only)",
-    )
-    p.add_argument("--count", type=_positive_int, required=True, help="number of images")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="stream seed (default 0)")
-    _add_output_args(p)
-    p.set_defaults(
-        run=lambda a: convert_sim_eyes(
-            a.out, a.domain, a.count, a.seed, shard_size=a.shard_size, block_size=a.block_size
-        )
-    )
-
-
-SOURCES: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_sim_eyes,)
+# Re-exported: distsim.data builds its cached built-in sets with these.
+__all__ = ["SIM_EYES_LABELS", "build_parser", "convert_sim_eyes", "inspect_shard_set", "main"]
 
 # --- inspect ------------------------------------------------------------------------------------
 
 
-def inspect_shard_set(directory: str | Path, out: Callable[[str], None] = print) -> Manifest:
-    """Print a summary, verify checksums and decode every block; ShardError on any problem."""
+_DEFAULT_SHEET = Path("<default>")
+
+
+def default_sheet_path(directory: str | Path) -> Path:
+    """``./<dirname>_contact_sheet.png``: in the current directory, so the shard set stays as
+    written (its manifest vouches for the directory's shards, and tools may list it)."""
+    return Path(f"{Path(directory).resolve().name}_contact_sheet.png")
+
+
+def inspect_shard_set(
+    directory: str | Path,
+    out: Callable[[str], None] = print,
+    *,
+    sheet: Path | None = None,
+    samples: int = 32,
+    seed: int = 0,
+) -> Manifest:
+    """Print a summary, verify checksums and decode every block; ShardError on any problem.
+
+    With ``sheet``, also write a contact sheet of ``samples`` random images (chosen by
+    ``seed``) with their gaze drawn (``shards.sheet``).
+    """
     root = Path(directory)
     m = read_manifest(root)
     c, h, w = m.image_shape
@@ -128,6 +77,13 @@ def inspect_shard_set(directory: str | Path, out: Callable[[str], None] = print)
         out(f"  label     {name} {list(spec.shape)} {spec.dtype}: {spec.description}")
     out(f"  created   {m.created} by tool {m.tool_version}")
 
+    # The sheet's samples are picked up during the verifying pass: no second read.
+    rng = np.random.default_rng(seed)
+    wanted = np.sort(rng.choice(m.count, size=min(samples, m.count), replace=False))
+    picked_images: list[np.ndarray] = []
+    picked_labels: dict[str, list[np.ndarray]] = {name: [] for name in m.labels}
+    first = 0  # global index of the current block's first image
+
     stats: dict[str, list[np.ndarray]] = {name: [] for name in m.labels}
     for i, info in enumerate(m.shards):
         path = root / info.name
@@ -140,17 +96,31 @@ def inspect_shard_set(directory: str | Path, out: Callable[[str], None] = print)
         with open(path, "rb") as f:
             for ref in index_shard(path, i, m):
                 try:
-                    _, labels = decode_block(read_block(f, ref), m)
+                    images, labels = decode_block(read_block(f, ref), m)
                 except ShardError as e:
                     raise ShardError(f"{path}: block {ref.key}: {e}") from None
                 for name, values in labels.items():
                     flat = values.reshape(len(values), -1).astype(np.float64)  # (K, prod(shape))
                     stats[name].append(np.stack([flat.min(0), flat.max(0), flat.sum(0)]))
+                if sheet is not None:
+                    lo, hi = np.searchsorted(wanted, [first, first + len(images)])
+                    rows = wanted[lo:hi] - first
+                    picked_images.append(images[rows])
+                    for name, values in labels.items():
+                        picked_labels[name].append(values[rows])
+                first += len(images)
         out(f"  {info.name}  {info.count} images  {info.blocks} blocks  {info.bytes} bytes  ok")
     for name, parts in stats.items():
         s = np.stack(parts)  # (blocks, 3, prod(shape)): per-block min, max, sum
         lo, hi, mean = s[:, 0].min(0), s[:, 1].max(0), s[:, 2].sum(0) / m.count
         out(f"  {name:<9} min {_fmt(lo)}  max {_fmt(hi)}  mean {_fmt(mean)}")
+    if sheet is not None:
+        width, height = write_contact_sheet(
+            sheet,
+            np.concatenate(picked_images),  # (samples, C, H, W)
+            {name: np.concatenate(v) for name, v in picked_labels.items()},
+        )
+        out(f"  sheet     {sheet} ({len(wanted)} samples, {width}x{height})")
     out(f"ok: {m.count} images verified")
     return m
 
@@ -160,35 +130,6 @@ def _fmt(values: np.ndarray) -> str:
 
 
 # --- command line -------------------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _add_output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="output directory (an existing shard set there is replaced)",
-    )
-    p.add_argument(
-        "--shard-size", type=_positive_int, default=50_000, help="images per shard (default 50000)"
-    )
-    p.add_argument(
-        "--block-size", type=_positive_int, default=256, help="images per tar sample (default 256)"
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,29 +143,71 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a source dataset into a shard set.",
     )
     sources = convert.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    for add_source in SOURCES:
-        add_source(sources)
+    for source in SOURCES:
+        source.add_parser(sources)
     inspect = commands.add_parser(
         "inspect",
-        help="summarise and verify a shard set",
-        description="Print a shard set's manifest, verify every "
-        "shard's sha256 and decode every block.",
+        help="summarise and verify a shard set, and draw a contact sheet",
+        description="Print a shard set's manifest, verify every shard's sha256, decode every "
+        "block, and write a PNG contact sheet of random samples with their gaze drawn as an "
+        "arrow from the pupil (or the image centre).",
     )
     inspect.add_argument("dir", type=Path)
-    inspect.set_defaults(run=lambda a: inspect_shard_set(a.dir))
+    inspect.add_argument(
+        "--sheet",
+        type=Path,
+        nargs="?",
+        const=_DEFAULT_SHEET,
+        default=None,
+        metavar="PNG",
+        help="also write a contact sheet of random samples with their gaze drawn; without PNG "
+        "it goes to ./<dirname>_contact_sheet.png in the current directory, never into the "
+        "shard set",
+    )
+    inspect.add_argument(
+        "--samples", type=positive_int, default=32, help="images on the sheet (default 32)"
+    )
+    inspect.add_argument(
+        "--seed", type=non_negative_int, default=0, help="which samples (default 0)"
+    )
+    inspect.set_defaults(run=_run_inspect)
     return parser
+
+
+def _run_inspect(a: argparse.Namespace) -> Manifest:
+    sheet = default_sheet_path(a.dir) if a.sheet == _DEFAULT_SHEET else a.sheet
+    return inspect_shard_set(a.dir, sheet=sheet, samples=a.samples, seed=a.seed)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup (workers, open shards) runs."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         args.run(args)
-    except (ValueError, OSError) as e:  # ShardError is a ValueError
+    except (ValueError, OSError) as e:  # ShardError and InputError are ValueErrors
         print(f"shards: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("shards: interrupted", file=sys.stderr)
+        print("shards: interrupted; no manifest written", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("shards: terminated; no manifest written", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

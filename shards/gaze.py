@@ -27,7 +27,10 @@ import numpy as np
 
 __all__ = [
     "angular_error_deg",
+    "mirror_gaze",
+    "mirror_rotation_vector",
     "pitchyaw_from_vector",
+    "unit_gaze",
     "unityeyes_to_mpiigaze",
     "vector_from_pitchyaw",
 ]
@@ -80,6 +83,32 @@ def unityeyes_to_mpiigaze(look_vec: np.ndarray) -> np.ndarray:
     lv = _as_rows(look_vec, "look_vec", (3, 4))[:, :3]  # (N, 3)
     v = lv * np.array([1.0, -1.0, -1.0])
     return _normalise(v, "look_vec").astype(np.float32)
+
+
+def unit_gaze(v: np.ndarray) -> np.ndarray:
+    """(N, 3) gaze vectors already in this convention (e.g. MPIIGaze) -> (N, 3) float32 unit."""
+    return _normalise(_as_rows(v, "gaze", (3,)), "gaze").astype(np.float32)
+
+
+def mirror_gaze(v: np.ndarray) -> np.ndarray:
+    """(N, 3) gaze of an eye image flipped left-right -> (N, 3) float32 unit gaze of the flip.
+
+    Flipping columns negates x, so yaw changes sign and pitch is kept (MPIIGaze's right eyes
+    are flipped this way to look like left eyes).
+    """
+    u = _normalise(_as_rows(v, "gaze", (3,)), "gaze")  # (N, 3)
+    return (u * np.array([-1.0, 1.0, 1.0])).astype(np.float32)
+
+
+def mirror_rotation_vector(r: np.ndarray) -> np.ndarray:
+    """(N, 3) head-pose rotation vectors (axis * angle) -> (N, 3) float32 for a left-right flip.
+
+    A rotation conjugated by the reflection M = diag(-1, 1, 1) is a rotation about the
+    reflected axis by the opposite angle: r -> -M r = (r_x, -r_y, -r_z). Pitch (about x) is
+    kept; yaw and roll change sign.
+    """
+    a = _as_rows(r, "head pose", (3,))
+    return (a * np.array([1.0, -1.0, -1.0])).astype(np.float32)
 
 
 def angular_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -39,6 +39,9 @@ class ShardSetWriter:
     never mistaken for a complete set). The manifest is written only when the with-block ends
     without an exception; partial shards left behind by an error are refused by every reader.
     Tar headers carry fixed mtime/uid/gid/mode, so equal inputs give byte-identical shards.
+
+    A shard closes after ``shard_size`` images or, with ``shard_bytes``, after the first block
+    that takes it to at least that many bytes, whichever comes first.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class ShardSetWriter:
         shard_size: int = 50_000,
         block_size: int = 256,
         *,
+        shard_bytes: int | None = None,
         labelled: bool = True,
         labels_for_evaluation_only: bool = False,
     ) -> None:
@@ -74,10 +78,13 @@ class ShardSetWriter:
         json.dumps(source)  # fail now, not after an hour of conversion
         if shard_size < 1 or block_size < 1:
             raise ValueError(f"shard_size {shard_size} and block_size {block_size} must be >= 1")
+        if shard_bytes is not None and shard_bytes < 1:
+            raise ValueError(f"shard_bytes {shard_bytes} must be >= 1")
         self.out_dir = Path(out_dir)
         self.source = dict(source)
         self.shard_size = shard_size
         self.block_size = block_size
+        self.shard_bytes = shard_bytes
         self.labelled = labelled
         self.labels_for_evaluation_only = labels_for_evaluation_only
 
@@ -188,7 +195,10 @@ class ShardSetWriter:
         self._blocks += 1
         self._shard_blocks += 1
         self._shard_count += len(images)
-        if self._shard_count == self.shard_size:
+        full = self._shard_count == self.shard_size
+        if self.shard_bytes is not None and self._file is not None:
+            full = full or self._file.tell() >= self.shard_bytes
+        if full:
             self._close_shard(finished=True)
 
     def _close_shard(self, finished: bool) -> None:

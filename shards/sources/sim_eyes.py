@@ -1,0 +1,108 @@
+"""Source ``sim-eyes``: the built-in procedural eye simulator (``distsim.sim.eyes``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from shards.format import Manifest
+from shards.sources.common import (
+    Batch,
+    Output,
+    ShardSize,
+    add_output_args,
+    non_negative_int,
+    output_from_args,
+    positive_int,
+    write_tasks,
+)
+
+NAME = "sim-eyes"
+
+LABELS = {
+    "gaze": ((3,), "float32", "unit gaze vector, MPIIGaze normalised camera coords (shards.gaze)"),
+    "pitchyaw": ((2,), "float32", "gaze (pitch, yaw) in radians (shards.gaze convention)"),
+    "pupil": ((2,), "float32", "pupil centre (x, y) in pixels, x right, y down"),
+}
+
+# Samples per task: a multiple of the simulator's own block size (256), so no block is rendered
+# twice at task edges, and small enough to keep two workers busy on a few thousand images.
+_CHUNK = 2048
+
+
+def _render(task: tuple[str, int, int, int]) -> Batch:
+    domain, seed, start, n = task
+    # Imported here so that `shards` does not pull in the simulator for other sources.
+    eyes = importlib.import_module("distsim.sim.eyes")
+    sample = eyes.generate(domain, n, seed, start=start)
+    return sample["image"], {k: sample[k] for k in LABELS}
+
+
+def convert_sim_eyes(
+    out_dir: str | Path,
+    domain: str,
+    count: int,
+    seed: int,
+    *,
+    shard_size: int | ShardSize = 50_000,
+    block_size: int = 256,
+    workers: int = 1,
+    progress: bool = True,
+) -> Manifest:
+    """Render ``count`` eyes from the built-in simulator into a shard set at ``out_dir``."""
+    eyes = importlib.import_module("distsim.sim.eyes")
+    if domain not in eyes.DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; expected one of {eyes.DOMAINS}")
+    if count < 1 or seed < 0:
+        raise ValueError(f"count ({count}) must be >= 1 and seed ({seed}) >= 0")
+    size = shard_size if isinstance(shard_size, ShardSize) else ShardSize(images=shard_size)
+    output = Output(Path(out_dir), size, block_size, workers, None, progress)
+    tasks = [(domain, seed, s, min(_CHUNK, count - s)) for s in range(0, count, _CHUNK)]
+    real = domain == "real"
+    return write_tasks(
+        output,
+        _render,
+        tasks,
+        image_shape=eyes.IMAGE_SHAPE,
+        labels=LABELS,
+        source={"name": NAME, "domain": domain, "seed": seed},
+        total=count,
+        desc=f"sim-eyes {domain}",
+        # The simulator's "real" domain has labels only to score estimators on it.
+        labelled=not real,
+        labels_for_evaluation_only=real,
+    )
+
+
+def add_parser(sources: argparse._SubParsersAction) -> None:
+    p = sources.add_parser(
+        NAME,
+        help="built-in procedural eye simulator (35x55 grey)",
+        description="Render eyes with distsim.sim.eyes; labels gaze (3), pitchyaw (2), pupil (2).",
+    )
+    p.add_argument(
+        "--domain",
+        choices=("synthetic", "real"),
+        required=True,
+        help="synthetic (labelled) or real (labels for evaluation only)",
+    )
+    p.add_argument("--count", type=positive_int, required=True, help="number of images")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="stream seed (default 0)")
+    add_output_args(p)
+    p.set_defaults(run=_run)
+
+
+def _run(a: argparse.Namespace) -> Manifest:
+    o = output_from_args(a)
+    count = a.count if o.limit is None else min(a.count, o.limit)
+    return convert_sim_eyes(
+        o.out_dir,
+        a.domain,
+        count,
+        a.seed,
+        shard_size=o.shard_size,
+        block_size=o.block_size,
+        workers=o.workers,
+        progress=o.progress,
+    )
