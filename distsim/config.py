@@ -204,6 +204,44 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+HELP: dict[str, str] = {
+    "run_dir": "run directory (default: runs/<preset>-<date>-<time>)",
+    "synthetic": "synthetic shard directory (default: the built-in eye simulator)",
+    "real": "unlabelled real shard directory (default: the built-in simulator's real domain)",
+    "builtin_count": "images per domain of the built-in shards",
+    "builtin_seed": "seed of the built-in shards",
+    "cache_dir": "where built-in shards are cached (default: $DISTSIM_CACHE or ~/.cache/distsim)",
+    "num_workers": "data-loader processes per rank",
+    "on_bad_shard": "corrupt or truncated shard: raise (stop, naming it) or skip (and count it)",
+    "refiner_width": "refiner channels (paper: 64)",
+    "refiner_blocks": "refiner ResNet blocks (paper: 4 eyes, 10 hands)",
+    "refiner_kernel": "refiner kernel size (paper: 3 eyes, 7 hands)",
+    "disc_arch": "discriminator geometry: eyes or hands",
+    "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
+    "psi": "self-regularisation feature transform: identity or channel_mean (colour)",
+    "seed": "seed for weights, data order and the history buffer",
+    "batch_size": "images per rank per step (even with the history buffer)",
+    "pretrain_r_steps": "refiner steps on self-regularisation only",
+    "pretrain_d_steps": "discriminator steps against the pretrained refiner",
+    "steps": "adversarial iterations (K_g refiner steps + K_d discriminator steps each)",
+    "k_g": "refiner steps per iteration",
+    "k_d": "discriminator steps per iteration",
+    "lambda_reg": "weight of the mean-L1 self-regularisation in the refiner loss",
+    "optimizer": "adam or sgd",
+    "lr_r": "refiner learning rate",
+    "lr_d": "discriminator learning rate",
+    "history": "show D half history-buffer images (--no-history: the paper's ablation)",
+    "history_size": "history buffer slots, global across ranks",
+    "mixed_precision": "no, bf16 or fp16 (default: what accelerate launch says)",
+    "log_every": "steps between TensorBoard scalars and progress-bar losses",
+    "image_every": "steps between PNG grids (synthetic | refined | real)",
+    "ckpt_every": "steps between checkpoints",
+    "keep_checkpoints": "newest checkpoints kept (0: all)",
+    "grid_rows": "eyes per grid",
+    "progress": "show a progress bar",
+}
+
+
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
@@ -226,9 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distsim.train",
         description="Train a SimGAN refiner (Shrivastava et al. 2017, Algorithm 1).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    defaults = Config()
+    defaults = Config(**PRESETS["cpu"])  # what a bare `train.py` runs with
     for f in dataclasses.fields(Config):
         flag = "--" + _flag(f.name)
         typ = _field_type(f)
@@ -245,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                 flag,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"(preset default: {default})",
+                help=f"{HELP[f.name]} (cpu: {default})",
             )
         elif typing.get_origin(typ) is tuple:
             parser.add_argument(
@@ -253,11 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
                 type=_parse_tuple,
                 default=None,
                 metavar="N,N,...",
-                help=f"(default: {','.join(map(str, default))})",
+                help=f"{HELP[f.name]} (cpu: {','.join(map(str, default))})",
             )
         else:
             assert isinstance(typ, type) and not isinstance(typ, types.GenericAlias), typ
-            parser.add_argument(flag, type=typ, default=None, help=f"(default: {default!r})")
+            parser.add_argument(
+                flag,
+                type=typ,
+                default=None,
+                help=HELP[f.name] + (f" (cpu: {default})" if default != "" else ""),
+            )
     return parser
 
 
