@@ -1,4 +1,4 @@
-"""Every command in docs/BRING_YOUR_OWN_DATA.md runs as written on fixtures in its layouts."""
+"""Every command in the README's "Bring your own data" section runs as written on fixtures."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from shards.format import read_manifest
 from tests.fixtures_sources import write_kaggle_h5, write_mpiigaze_root, write_unityeyes_dir
 
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "BRING_YOUR_OWN_DATA.md"
+README = REPO / "README.md"
 
 
 def doc_commands() -> list[str]:
-    lines = [line.strip() for line in DOC.read_text().splitlines()]
+    text = README.read_text()
+    section = text.split("\n## Bring your own data\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line.strip() for line in section.splitlines()]
     return [line for line in lines if line.startswith("python -m shards ")]
 
 
