@@ -46,6 +46,7 @@ from shards.format import (
     BlockRef,
     Manifest,
     ShardError,
+    check_shard_file,
     decode_block,
     file_sha256,
     index_shard,
@@ -142,13 +143,7 @@ def index_shard_set(
     for i, info in enumerate(manifest.shards):
         path = root / info.name
         try:
-            if not path.is_file():
-                raise ShardError(f"{path}: listed in {MANIFEST_NAME} but missing")
-            size = path.stat().st_size
-            if size != info.bytes:
-                raise ShardError(
-                    f"{path}: {size} bytes but {MANIFEST_NAME} says {info.bytes} (truncated?)"
-                )
+            check_shard_file(root, info)
             if verify and file_sha256(path) != info.sha256:
                 raise ShardError(f"{path}: sha256 differs from {MANIFEST_NAME} (corrupt)")
             refs = index_shard(path, i, manifest)

@@ -205,15 +205,22 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise ShardError(f"{path}: cannot read: {e}") from None
     manifest = Manifest.from_json(text, where=str(path))
     for info in manifest.shards:
-        shard = root / info.name
-        if not shard.is_file():
-            raise ShardError(f"{shard}: listed in {MANIFEST_NAME} but missing")
-        size = shard.stat().st_size
-        if size != info.bytes:
-            raise ShardError(
-                f"{shard}: {size} bytes but {MANIFEST_NAME} says {info.bytes} (truncated?)"
-            )
+        check_shard_file(root, info)
     return manifest
+
+
+def check_shard_file(root: Path, info: ShardInfo) -> Path:
+    """The shard's path, if it exists with the size the manifest records (a cheap truncation
+    check); ShardError naming it otherwise."""
+    shard = root / info.name
+    if not shard.is_file():
+        raise ShardError(f"{shard}: listed in {MANIFEST_NAME} but missing")
+    size = shard.stat().st_size
+    if size != info.bytes:
+        raise ShardError(
+            f"{shard}: {size} bytes but {MANIFEST_NAME} says {info.bytes} (truncated?)"
+        )
+    return shard
 
 
 def file_sha256(path: str | Path) -> str:

@@ -21,11 +21,10 @@ from shards.format import (
     Manifest,
     ShardError,
     decode_block,
-    index_shard,
-    read_block,
     read_manifest,
 )
 from shards.writer import ShardSetWriter
+from tests.fixtures_sources import read_shard_set
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ("gaze", "pitchyaw", "pupil")
@@ -59,20 +58,6 @@ def convert(
     return out
 
 
-def read_all(directory: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Every image and label of a set, in order, via the format module's block reader."""
-    m = read_manifest(directory)
-    images, labels = [], {k: [] for k in m.labels}
-    for i, info in enumerate(m.shards):
-        with open(directory / info.name, "rb") as f:
-            for ref in index_shard(directory / info.name, i, m):
-                block_images, block_labels = decode_block(read_block(f, ref), m)
-                images.append(block_images)
-                for k, v in block_labels.items():
-                    labels[k].append(v)
-    return np.concatenate(images), {k: np.concatenate(v) for k, v in labels.items()}
-
-
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
@@ -98,7 +83,7 @@ def test_roundtrip_matches_generator(tmp_path: Path) -> None:
     m = read_manifest(out)
     ref = eyes.generate("synthetic", 300, 3)
 
-    images, labels = read_all(out)
+    images, labels = read_shard_set(out)
     np.testing.assert_array_equal(images, ref["image"][:, None])  # (N, 1, 35, 55)
     for k in LABELS:
         np.testing.assert_array_equal(labels[k], ref[k])
@@ -184,7 +169,7 @@ def test_rerun_replaces_cleanly(tmp_path: Path) -> None:
     m = read_manifest(out)
     assert m.count == 150 and m.source["seed"] == 4
     np.testing.assert_array_equal(
-        read_all(out)[0][:, 0], eyes.generate("synthetic", 150, 4)["image"]
+        read_shard_set(out)[0][:, 0], eyes.generate("synthetic", 150, 4)["image"]
     )
 
 
@@ -216,7 +201,7 @@ def test_subprocess_convert_and_inspect(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     np.testing.assert_array_equal(
-        read_all(out)[0][:, 0], eyes.generate("synthetic", 300, 3)["image"]
+        read_shard_set(out)[0][:, 0], eyes.generate("synthetic", 300, 3)["image"]
     )
 
     done = run_cli("inspect", str(out))
