@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
 
-    refiner, _, cfg = load_models(args.run, channels=1)
+    refiner, _, cfg = load_models(args.run)
     refiner.eval()
     syn = generate("synthetic", args.count, args.seed)
     real = generate("real", args.count, args.seed)

@@ -39,9 +39,14 @@ def save_checkpoint(
     discriminator: nn.Module,
     state: dict[str, Any],
     config: Config,
+    image_shape: tuple[int, ...],
     keep: int = 0,
 ) -> Path:
-    """Write checkpoint `step` atomically and keep only the newest `keep` (0: keep all)."""
+    """Write checkpoint `step` atomically and keep only the newest `keep` (0: keep all).
+
+    `image_shape` (C, H, W) of the training images goes into meta.json, so tools that load
+    the refiner (refine, evaluate) can check their input without reading the training data.
+    """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
@@ -53,6 +58,8 @@ def save_checkpoint(
     save_file(_contiguous(discriminator.state_dict()), tmp / "discriminator.safetensors")
     torch.save(state, tmp / "state.pt")
     (tmp / "config.json").write_text(config.to_json())
+    meta = {"step": step, "image_shape": [int(v) for v in image_shape]}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -86,11 +93,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return latest
 
 
-def load_models(path: str | Path, channels: int) -> tuple[Refiner, Discriminator, Config]:
+def image_shape(path: str | Path) -> tuple[int, int, int]:
+    """(C, H, W) of the images a checkpoint's models were trained on."""
+    meta = read_json(resolve_checkpoint(path) / "meta.json")
+    c, h, w = meta["image_shape"]
+    return int(c), int(h), int(w)
+
+
+def load_models(path: str | Path) -> tuple[Refiner, Discriminator, Config]:
     """Rebuild R and D from a checkpoint's own config and load their weights (on the CPU)."""
     ckpt = resolve_checkpoint(path)
     cfg = load_config(ckpt / "config.json")
-    refiner, discriminator = build_models(cfg, channels)
+    refiner, discriminator = build_models(cfg, image_shape(ckpt)[0])
     refiner.load_state_dict(load_file(ckpt / "refiner.safetensors"))
     discriminator.load_state_dict(load_file(ckpt / "discriminator.safetensors"))
     return refiner, discriminator, cfg

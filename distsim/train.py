@@ -118,13 +118,13 @@ def batches(
         yield to_unit_range(batch["image"].to(device, non_blocking=True))  # (B, C, H, W)
 
 
-def make_accelerator(cfg: Config) -> Accelerator:
+def make_accelerator(mixed_precision: str = "") -> Accelerator:
     """Accelerator for this launch. Launched as W processes (torchrun, `accelerate launch
     --multi_gpu`) on a machine without CUDA, Accelerate would silently run W independent
     single-process trainings unless told to use the CPU: then it uses gloo."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     cpu = launched > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision or None, cpu=cpu)
+    accelerator = Accelerator(mixed_precision=mixed_precision or None, cpu=cpu)
     if accelerator.num_processes != launched:
         raise RuntimeError(
             f"launched as {launched} processes but Accelerate formed a group of "
@@ -137,7 +137,7 @@ def training_loop(cfg: Config, accelerator: Accelerator | None = None) -> Path:
     """Run SimGAN training as configured; returns the run directory."""
     cfg.validate()
     if accelerator is None:
-        accelerator = make_accelerator(cfg)
+        accelerator = make_accelerator(cfg.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
 
@@ -275,6 +275,7 @@ def training_loop(cfg: Config, accelerator: Accelerator | None = None) -> Path:
                 discriminator=d_raw,
                 state=state,
                 config=cfg,
+                image_shape=image_shape,
                 keep=cfg.keep_checkpoints,
             )
         accelerator.wait_for_everyone()

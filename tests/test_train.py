@@ -59,7 +59,7 @@ def _check_run(run_dir: Path, cfg_steps: int, cache: Path) -> None:
     assert rows > 35 * 4 * 2 and cols > 55 * 4 * 3  # 3 columns of >= 2 enlarged images
 
     # The saved refiner loads back and changes the images it is given.
-    refiner, _, cfg = load_models(run_dir, channels=1)
+    refiner, _, cfg = load_models(run_dir)
     syn_dir = data.ensure_builtin_shards("synthetic", cfg.builtin_count, cfg.builtin_seed, cache)
     loader = data.make_loader(syn_dir, 16, rank=0, world_size=1, seed=0, num_workers=0)
     x = to_unit_range(next(iter(loader))["image"])
