@@ -420,6 +420,10 @@ class EpochStream(_ShardStream):
         )
         self.shuffle, self.shuffle_blocks = shuffle, shuffle_blocks
         self.remainder: Remainder = remainder
+        if with_index and "index" in self.labels:
+            raise ValueError(
+                f"{directory}: has a label called 'index', which with_index would overwrite"
+            )
         self.with_index = with_index
         n = self.num_images
         self._start, self._sizes = rank_batches(n, batch_size, world_size, rank, remainder)

@@ -466,3 +466,15 @@ def test_pickled_object_array_is_refused_not_unpickled(tmp_path: Path) -> None:
         list(loader)
     assert not marker.exists()
     assert isinstance(m, Manifest) and all(isinstance(s, ShardInfo) for s in infos)
+
+
+def test_epoch_stream_refuses_a_label_that_with_index_would_overwrite(tmp_path: Path) -> None:
+    from shards.writer import ShardSetWriter
+
+    out = tmp_path / "set"
+    spec = {"index": ((), "int64", "a label that happens to be called index")}
+    with ShardSetWriter(out, (1, 4, 4), "uint8", spec, {"name": "t"}) as w:
+        w.add(np.zeros((8, 1, 4, 4), np.uint8), {"index": np.arange(8)})
+    m = open_shards(out)
+    with pytest.raises(ValueError, match="label called 'index'"):
+        EpochStream(out, m, 4, 0, 1, 0, labels=("index",), with_index=True)
