@@ -291,7 +291,6 @@ def training_loop(cfg: Config, accelerator: Accelerator | None = None) -> Path:
         dynamic_ncols=True,
     )
     started = time.perf_counter()
-    images_seen = 0
     while counters.step < total:
         phase = counters.phase(cfg)
         if phase == "pretrain_r":
@@ -304,7 +303,6 @@ def training_loop(cfg: Config, accelerator: Accelerator | None = None) -> Path:
             for _ in range(cfg.k_d):
                 discriminator_step()
         counters.step += 1
-        images_seen += cfg.batch_size * world
         step = counters.step
         bar.update(1)
 
@@ -333,7 +331,13 @@ def training_loop(cfg: Config, accelerator: Accelerator | None = None) -> Path:
                 for k, v in stats.items():
                     writer.add_scalar(f"{phase}/{k}" if phase != "adversarial" else k, v, step)
                 writer.add_scalar(
-                    "images_per_second", images_seen / (time.perf_counter() - started), step
+                    # Synthetic images through R per second, all ranks: the refiner's throughput.
+                    "images_per_second",
+                    (counters.r_steps + counters.d_steps)
+                    * cfg.batch_size
+                    * world
+                    / (time.perf_counter() - started),
+                    step,
                 )
                 if history is not None:
                     writer.add_scalar("history_filled", len(history), step)
