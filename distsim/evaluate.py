@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
 from distsim import data
 from distsim.estimators import EYE_SHAPE, GazeEstimator, gaze_loss
@@ -229,6 +230,7 @@ def train_and_test(
             trained.train()
             loss_sum = torch.zeros((), device=device)
             since = 0
+            bar = tqdm(total=steps, desc="train estimator", disable=not (progress and rank == 0))
             for step in range(1, steps + 1):
                 batch = next(batches)
                 x = to_unit_range(batch["image"].to(device, non_blocking=True))  # (B, 1, H, W)
@@ -244,9 +246,11 @@ def train_and_test(
                     if not math.isfinite(mean):
                         raise FloatingPointError(f"non-finite training loss at step {step}")
                     losses.append({"step": step, "loss": mean})
-                    _log(rank, f"step {step}/{steps} loss {mean:.4f}", progress)
+                    bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
                     loss_sum.zero_()
                     since = 0
+                bar.update(1)
+            bar.close()
     train_seconds = time.perf_counter() - train_started
 
     test_started = time.perf_counter()
