@@ -51,6 +51,7 @@ from distsim import data
 from distsim.estimators import EYE_SHAPE, GazeEstimator, gaze_loss
 from distsim.metrics import MeanAngularError, WithinAngle
 from distsim.train import to_unit_range
+from shards.argtypes import non_negative_int, positive_int
 from shards.format import Manifest
 
 PROG = "distsim.evaluate"
@@ -372,20 +373,6 @@ def write_report(report: dict[str, Any], out_dir: str | Path, name: str | None =
 # --- command line ---------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -408,25 +395,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test", type=Path, required=True, help="shard set with gaze labels (real)")
     g.add_argument("--out", type=Path, required=True, help="directory for the report")
     length = g.add_mutually_exclusive_group(required=True)
-    length.add_argument("--steps", type=_non_negative_int, help="training steps (0: untrained)")
+    length.add_argument("--steps", type=non_negative_int, help="training steps (0: untrained)")
     length.add_argument(
         "--epochs", type=_positive_float, help="steps worth this many passes over --train"
     )
-    g.add_argument("--batch-size", type=_positive_int, default=512, help="per rank (512)")
+    g.add_argument("--batch-size", type=positive_int, default=512, help="per rank (512)")
     g.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate (0.001)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="(adam)")
-    g.add_argument("--seed", type=_non_negative_int, default=0, help="init and data order (0)")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="init and data order (0)")
     g.add_argument(
         "--width-mult", type=_positive_float, default=1.0, help="scale every hidden width (1.0)"
     )
-    g.add_argument("--num-workers", type=_non_negative_int, default=1, help="per rank (1)")
+    g.add_argument("--num-workers", type=non_negative_int, default=1, help="per rank (1)")
     g.add_argument(
         "--train-count",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="use only the first N training images (the paper's '4x more data' rows)",
     )
-    g.add_argument("--log-every", type=_positive_int, default=100, help="steps (100)")
+    g.add_argument("--log-every", type=positive_int, default=100, help="steps (100)")
     g.add_argument("--name", default=None, help="curve label in the plot (--train's name)")
     return parser
 

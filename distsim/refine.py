@@ -45,6 +45,7 @@ from tqdm import tqdm
 from distsim import data
 from distsim.checkpoint import PREFIX, image_shape, load_models, resolve_checkpoint
 from distsim.train import to_unit_range
+from shards.argtypes import non_negative_int, positive_int
 from shards.format import IMAGE_KEY, Manifest, file_sha256
 from shards.writer import ShardSetWriter
 
@@ -359,20 +360,6 @@ def _assemble(
 # --- command line -------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distsim.refine",
@@ -389,17 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", type=Path, required=True, help="shard set to refine")
     parser.add_argument("--out", type=Path, required=True, help="output shard directory")
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=256, help="images per forward pass per rank"
+        "--batch-size", type=positive_int, default=256, help="images per forward pass per rank"
     )
     parser.add_argument(
-        "--num-workers", type=_non_negative_int, default=1, help="loader processes per rank"
+        "--num-workers", type=non_negative_int, default=1, help="loader processes per rank"
     )
     parser.add_argument(
-        "--block-size", type=_positive_int, help="images per tar sample (default: the input's)"
+        "--block-size", type=positive_int, help="images per tar sample (default: the input's)"
     )
     parser.add_argument(
         "--shard-size",
-        type=_positive_int,
+        type=positive_int,
         help="images per shard (default: the input's largest shard)",
     )
     parser.add_argument(

@@ -18,6 +18,7 @@ from types import FrameType
 
 import numpy as np
 
+from shards.argtypes import non_negative_int, positive_int
 from shards.format import (
     Manifest,
     ShardError,
@@ -29,7 +30,6 @@ from shards.format import (
 )
 from shards.sheet import write_contact_sheet
 from shards.sources import SOURCES
-from shards.sources.common import non_negative_int, positive_int
 from shards.sources.sim_eyes import LABELS as SIM_EYES_LABELS
 from shards.sources.sim_eyes import convert_sim_eyes
 

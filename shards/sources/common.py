@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from shards.argtypes import positive_int
 from shards.format import Manifest
 from shards.writer import LabelArg, ShardSetWriter
 
@@ -118,20 +119,6 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 def output_from_args(a: argparse.Namespace) -> Output:
     return Output(a.out, a.shard_size, a.block_size, a.workers, a.limit)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _shard_size_arg(text: str) -> ShardSize:

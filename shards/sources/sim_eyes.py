@@ -6,15 +6,14 @@ import argparse
 import importlib
 from pathlib import Path
 
+from shards.argtypes import non_negative_int, positive_int
 from shards.format import Manifest
 from shards.sources.common import (
     Batch,
     Output,
     ShardSize,
     add_output_args,
-    non_negative_int,
     output_from_args,
-    positive_int,
     write_tasks,
 )
 
