@@ -61,6 +61,8 @@ class Config:
     lr_r: float = 1e-4
     lr_d: float = 1e-4
     history: bool = True  # False: D sees only current refined images (paper's ablation)
+    # "local": a real/refined decision per patch (the paper); "global": one per image (ablation).
+    adversarial: str = "local"
     history_size: int = 6400  # B slots, global across ranks
 
     # Precision: empty takes what `accelerate launch` says; otherwise no | bf16 | fp16.
@@ -116,6 +118,7 @@ class Config:
             "psi": ("identity", "channel_mean"),
             "optimizer": ("adam", "sgd"),
             "on_bad_shard": ("raise", "skip"),
+            "adversarial": ("local", "global"),
             "mixed_precision": ("", "no", "bf16", "fp16"),
         }
         for name, allowed in choices.items():
@@ -232,6 +235,7 @@ HELP: dict[str, str] = {
     "lr_d": "discriminator learning rate",
     "history": "show D half history-buffer images (--no-history: the paper's ablation)",
     "history_size": "history buffer slots, global across ranks",
+    "adversarial": "local (a decision per patch, the paper) or global (one per image, ablation)",
     "mixed_precision": "no, bf16 or fp16 (default: what accelerate launch says)",
     "log_every": "steps between TensorBoard scalars and progress-bar losses",
     "image_every": "steps between PNG grids (synthetic | refined | real)",

@@ -44,6 +44,16 @@ def local_adversarial_loss(logits: torch.Tensor, target: int) -> torch.Tensor:
     return -logp[:, target].flatten(1).mean(dim=1)  # (B,)
 
 
+def global_logits(logits: torch.Tensor) -> torch.Tensor:
+    """One decision per image from the patch map: (B, 2, h, w) -> (B, 2, 1, 1).
+
+    The paper's ablation replaces the local adversarial loss by a global one. Averaging the
+    patch logits (global average pooling) gives a global discriminator with the very same
+    layers, so the ablation changes the loss and nothing else.
+    """
+    return logits.mean(dim=(2, 3), keepdim=True)
+
+
 def self_regularization_loss(
     refined: torch.Tensor, synthetic: torch.Tensor, psi: Psi = psi_identity
 ) -> torch.Tensor:

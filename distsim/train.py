@@ -33,7 +33,13 @@ from distsim.checkpoint import build_models, save_checkpoint
 from distsim.config import Config, resolve
 from distsim.history import HistoryBuffer
 from distsim.images import grid, save_png
-from distsim.losses import PSI, local_adversarial_loss, patch_accuracy, self_regularization_loss
+from distsim.losses import (
+    PSI,
+    global_logits,
+    local_adversarial_loss,
+    patch_accuracy,
+    self_regularization_loss,
+)
 from distsim.models import REAL, REFINED
 
 
@@ -165,6 +171,8 @@ def training_loop(cfg: Config, accelerator: Accelerator | None = None) -> Path:
     r_raw = accelerator.unwrap_model(refiner)
     d_raw = accelerator.unwrap_model(discriminator)
     psi = PSI[cfg.psi]
+    # D's verdicts: per patch (paper) or pooled to one per image (the global-loss ablation).
+    verdicts = global_logits if cfg.adversarial == "global" else (lambda logits: logits)
 
     # Separate streams per domain, images only: SimGAN never reads a label. The loaders never
     # go through accelerator.prepare (it would re-shard or broadcast them).
@@ -201,7 +209,7 @@ def training_loop(cfg: Config, accelerator: Accelerator | None = None) -> Path:
             reg = self_regularization_loss(refined, syn, psi).mean()
             if adversarial:
                 d_raw.requires_grad_(False)
-                adv = local_adversarial_loss(d_raw(refined), REAL).mean()
+                adv = local_adversarial_loss(verdicts(d_raw(refined)), REAL).mean()
                 loss = adv + cfg.lambda_reg * reg
             else:
                 loss = reg
@@ -231,7 +239,7 @@ def training_loop(cfg: Config, accelerator: Accelerator | None = None) -> Path:
                 fake = torch.cat([current, history.images[mine].float()])
             history.push(gathered)
         with accelerator.autocast():
-            logits = discriminator(torch.cat([fake, real]))  # (2b, 2, h, w)
+            logits = verdicts(discriminator(torch.cat([fake, real])))  # (2b, 2, h, w)
             logits_fake, logits_real = logits[: fake.shape[0]], logits[fake.shape[0] :]
             loss_fake = local_adversarial_loss(logits_fake, REFINED).mean()
             loss_real = local_adversarial_loss(logits_real, REAL).mean()

@@ -128,3 +128,19 @@ def test_psi_channel_mean_ignores_colour_shifts_that_keep_the_mean():
         self_regularization_loss(shifted, x, psi_channel_mean), torch.zeros(2), atol=1e-6, rtol=0
     )
     assert (self_regularization_loss(shifted, x, psi_identity) > 0.19).all()
+
+
+def test_global_logits_pool_the_patch_map_into_one_decision():
+    from distsim.losses import global_logits
+
+    logits = torch.zeros(2, 2, 3, 4)
+    logits[0, REFINED, 0, 0] = 12.0  # one confident patch among 12 indifferent ones
+    pooled = global_logits(logits)
+    assert pooled.shape == (2, 2, 1, 1)
+    torch.testing.assert_close(pooled[0, REFINED, 0, 0], torch.tensor(1.0))
+    local = local_adversarial_loss(logits, REAL)
+    glob = local_adversarial_loss(pooled, REAL)
+    # Global: CE of the mean logits, log(1 + e^1); local: mean of 11 x log 2 and log(1 + e^12).
+    torch.testing.assert_close(glob[0], torch.tensor(math.log(1 + math.e)))
+    want_local = (11 * math.log(2) + math.log(1 + math.exp(12))) / 12
+    torch.testing.assert_close(local[0], torch.tensor(want_local))

@@ -214,3 +214,38 @@ def test_truncated_shard_stops_or_is_skipped_and_counted(tmp_path, capsys):
     scalars = _scalars(tmp_path / "skip")
     assert scalars["data/skipped_shards_synthetic"][-1] == 1
     assert scalars["data/skipped_shards_real"][-1] == 0
+
+
+def test_global_adversarial_ablation_trains(tmp_path):
+    cfg = make_config("smoke", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                      progress=False, adversarial="global", history=False)  # fmt: skip
+    run_dir = training_loop(cfg)
+    scalars = _scalars(run_dir)
+    assert all(math.isfinite(v) for v in scalars["r_adv"] + scalars["d_loss"])
+    # One decision per image: D's accuracy is a fraction of the 8 images of a batch.
+    assert all(abs(v * 8 - round(v * 8)) < 1e-5 for v in scalars["d_acc_real"])
+    assert json.loads((run_dir / "config.json").read_text())["adversarial"] == "global"
+
+
+def test_colour_images_train_with_channel_mean_psi(tmp_path):
+    """psi = mean of the colour channels (the paper's choice for RGB) on 3-channel shards."""
+    from distsim.sim.eyes import generate
+    from shards.writer import ShardSetWriter
+
+    dirs = {}
+    for domain, tint in (("synthetic", (1.0, 0.8, 0.6)), ("real", (0.7, 0.8, 1.0))):
+        grey = generate(domain, 256, seed=0)["image"].astype(np.float32)  # (N, 35, 55)
+        colour = np.stack([grey * t for t in tint], axis=1).round().astype(np.uint8)  # (N, 3, ...)
+        dirs[domain] = tmp_path / domain
+        with ShardSetWriter(dirs[domain], (3, 35, 55), "uint8", {}, {"name": "colour"}) as w:
+            w.add(colour, {})
+    cfg = make_config("smoke", run_dir=str(tmp_path / "run"), synthetic=str(dirs["synthetic"]),
+                      real=str(dirs["real"]), psi="channel_mean", progress=False)  # fmt: skip
+    run_dir = training_loop(cfg)
+    refiner, _, _ = load_models(run_dir)
+    assert refiner.stem.in_channels == 3 and refiner.head.out_channels == 3
+    assert all(math.isfinite(v) for v in _scalars(run_dir)["r_reg"])
+    with pytest.raises(ValueError, match="channel_mean needs colour"):
+        grey = make_config("smoke", run_dir=str(tmp_path / "grey"), progress=False,
+                           cache_dir=str(tmp_path / "cache"), psi="channel_mean")  # fmt: skip
+        training_loop(grey)
