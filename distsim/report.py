@@ -1,0 +1,178 @@
+"""The paper's Table 2 experiment on the built-in eye benchmark, in one command.
+
+    python -m distsim.report gaze --out reports/gaze [--preset cpu] [--seeds 0 1 2]
+        [--variants simgan no-history global] [--train-count 20000] [--test-count 5000]
+        [--estimator-steps 1000] [--estimator-batch 128]
+
+For each seed: render `4 * train-count` labelled synthetic eyes and `test-count` labelled real
+eyes (a stream SimGAN never sees), train SimGAN once per variant on the built-in synthetic and
+unlabelled real shards, refine the synthetic eyes with it, then train the paper's gaze
+estimator on synthetic, synthetic 4x, refined and refined 4x eyes ("1x" is the first
+`train-count` images) and test each on the real eyes. It also measures how far refinement
+moves the pupil (distsim.pupil, located in each synthetic eye and in its refinement).
+
+Writes OUT/table.md (mean +- sd over seeds), OUT/report.json (every number),
+OUT/cumulative_error.png (mean curves over seeds, the paper's Figure 7) and, under OUT/work/,
+the runs and shard sets it made. Variants: `simgan` (the paper), `no-history` (D sees only
+current refined images) and `global` (one adversarial decision per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distsim import data
+from distsim.checkpoint import image_shape, load_models, resolve_checkpoint
+from distsim.config import make_config
+from distsim.evaluate import plot_cumulative, train_and_test
+from distsim.pupil import locate_pupil
+from distsim.refine import checkpoint_info, refine_shards
+from distsim.train import training_loop
+from shards.argtypes import positive_int
+from shards.sources.sim_eyes import convert_sim_eyes
+
+PROG = "distsim.report"
+# Streams are keyed by seed: these never overlap the built-in shards SimGAN trains on (seed 0).
+SYNTHETIC_SEED, TEST_SEED = 1000, 2000
+VARIANTS: dict[str, dict[str, Any]] = {
+    "simgan": {},
+    "no-history": {"history": False},
+    "global": {"adversarial": "global"},
+}
+PUPIL_SAMPLE = 1000  # eyes used for the pupil-shift measurement
+
+
+def first_images(directory: Path, n: int) -> torch.Tensor:
+    """The first n images of a shard set, in order: (n, C, H, W) uint8."""
+    loader = data.make_epoch_loader(
+        directory, 256, 0, 1, 0, num_workers=0, labels=(), shuffle=False
+    )
+    parts, got = [], 0
+    with loader:
+        for batch in loader:
+            parts.append(batch["image"])
+            got += len(batch["image"])
+            if got >= n:
+                break
+    return torch.cat(parts)[:n]
+
+
+def pupil_shift(synthetic: Path, refined: Path, n: int) -> dict[str, float]:
+    before, after = first_images(synthetic, n), first_images(refined, n)
+    shift = (locate_pupil(before) - locate_pupil(after)).norm(dim=1)  # (n,)
+    return {"mean": shift.mean().item(), "std": shift.std().item()}
+
+
+def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
+    n = args.train_count
+    syn = work / f"synthetic-s{seed}"
+    test = work / f"real-test-s{seed}"
+    if not (syn / "manifest.json").is_file():
+        convert_sim_eyes(syn, "synthetic", 4 * n, SYNTHETIC_SEED + seed, progress=False)
+    if not (test / "manifest.json").is_file():
+        convert_sim_eyes(test, "real", args.test_count, TEST_SEED + seed, progress=False)
+
+    def estimator(train_dir: Path, count: int) -> dict[str, Any]:
+        return train_and_test(
+            train_dir, test, steps=args.estimator_steps, batch_size=args.estimator_batch,
+            seed=seed, train_count=count, width_mult=args.width_mult, num_workers=0,
+        )  # fmt: skip
+
+    rows: dict[str, Any] = {"synthetic": estimator(syn, n), "synthetic 4x": estimator(syn, 4 * n)}
+    pupils: dict[str, Any] = {}
+    for variant in args.variants:
+        cfg = make_config(
+            args.preset, seed=seed, run_dir=str(work / f"run-{variant}-s{seed}"),
+            cache_dir=str(work / "cache"), progress=False, **VARIANTS[variant],
+        )  # fmt: skip
+        run = training_loop(cfg)
+        ckpt = resolve_checkpoint(run)
+        refiner = load_models(ckpt)[0].eval()
+        refined = work / f"refined-{variant}-s{seed}"
+        refine_shards(
+            refiner, syn, refined, checkpoint=checkpoint_info(ckpt),
+            trained_shape=image_shape(ckpt), num_workers=0,
+        )  # fmt: skip
+        name = "refined" if variant == "simgan" else f"refined ({variant})"
+        rows[name] = estimator(refined, n)
+        rows[f"{name} 4x"] = estimator(refined, 4 * n)
+        pupils[name] = pupil_shift(syn, refined, min(PUPIL_SAMPLE, 4 * n))
+    return {"rows": rows, "pupil_shift_px": pupils}
+
+
+def summarise(per_seed: list[dict[str, Any]]) -> tuple[str, dict[str, list[float]]]:
+    """Markdown table (mean +- sd over seeds) and mean cumulative curves per row."""
+
+    def spread(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.1f} +- {sd:.1f}"
+
+    names = list(per_seed[0]["rows"])
+    lines = [
+        "| trained on | within 7 deg (%) | mean error (deg) | pupil shift (px) |",
+        "|---|--:|--:|--:|",
+    ]
+    curves: dict[str, list[float]] = {}
+    for name in names:
+        results = [s["rows"][name] for s in per_seed]
+        within = [r["within_7deg_pct"] for r in results]
+        error = [r["mean_angular_error_deg"] for r in results]
+        shifts = [
+            s["pupil_shift_px"][name]["mean"] for s in per_seed if name in s["pupil_shift_px"]
+        ]
+        lines.append(
+            f"| {name} | {spread(within)} | {spread(error)} | {spread(shifts) if shifts else '-'} |"
+        )
+        curves[name] = [
+            statistics.mean(c) for c in zip(*(r["within_pct"] for r in results), strict=True)
+        ]
+    lines.append("")
+    lines.append(f"{len(per_seed)} seed(s); +- is the standard deviation over seeds.")
+    return "\n".join(lines) + "\n", curves
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    tasks = parser.add_subparsers(dest="task", required=True)
+    gaze = tasks.add_parser("gaze", help="Table 2: gaze estimation on the built-in eye benchmark")
+    gaze.add_argument("--out", type=Path, required=True)
+    gaze.add_argument("--preset", default="cpu", help="SimGAN preset (cpu, eyes, smoke)")
+    gaze.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    gaze.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    gaze.add_argument("--train-count", type=positive_int, default=20_000)
+    gaze.add_argument("--test-count", type=positive_int, default=5_000)
+    gaze.add_argument("--estimator-steps", type=positive_int, default=1000)
+    gaze.add_argument("--estimator-batch", type=positive_int, default=128)
+    gaze.add_argument("--width-mult", type=float, default=1.0, help="estimator width")
+    args = parser.parse_args(argv)
+    try:
+        work = args.out / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        per_seed = []
+        for seed in args.seeds:
+            per_seed.append(run_seed(args, seed, work))
+            # Written after every seed: a long report that dies keeps what it finished.
+            (args.out / "report.json").write_text(
+                json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                            "seeds": per_seed}, indent=2) + "\n"
+            )  # fmt: skip
+        table, curves = summarise(per_seed)
+        (args.out / "table.md").write_text(table)
+        plot_cumulative(curves, args.out / "cumulative_error.png",
+                        title="Gaze on real eyes: trained on synthetic vs refined")  # fmt: skip
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
