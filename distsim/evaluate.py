@@ -51,7 +51,7 @@ from distsim import data
 from distsim.estimators import EYE_SHAPE, GazeEstimator, gaze_loss
 from distsim.metrics import MeanAngularError, WithinAngle
 from distsim.train import to_unit_range
-from shards.argtypes import non_negative_int, positive_int
+from shards.cliutil import non_negative_int, one_line, positive_int
 from shards.format import Manifest
 
 PROG = "distsim.evaluate"
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.wait_for_everyone()
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         if accelerator is None or accelerator.is_main_process:
-            print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+            print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
 

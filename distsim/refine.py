@@ -45,7 +45,7 @@ from tqdm import tqdm
 from distsim import data
 from distsim.checkpoint import PREFIX, image_shape, load_models, resolve_checkpoint
 from distsim.train import to_unit_range
-from shards.argtypes import non_negative_int, positive_int
+from shards.cliutil import non_negative_int, one_line, positive_int
 from shards.format import IMAGE_KEY, Manifest, file_sha256
 from shards.writer import ShardSetWriter
 
@@ -146,14 +146,6 @@ def _raise_first(statuses: list[str | None]) -> None:
     raise RefineError(f"rank {rank}: {message}")
 
 
-def _one_line(err: BaseException) -> str:
-    if isinstance(err, OSError) and err.filename is not None:
-        text = f"{err.filename}: {err.strerror or err}"
-    else:
-        text = str(err)
-    return " ".join(text.split())
-
-
 def refine_shards(
     refiner: nn.Module,
     input_dir: str | Path,
@@ -222,7 +214,7 @@ def refine_shards(
             shutil.rmtree(parts, ignore_errors=True)  # left by an interrupted run
             parts.mkdir(parents=True)
     except (ValueError, OSError) as err:
-        error = _one_line(err)
+        error = one_line(err)
     agree(error)  # also the barrier: .parts is clean before anyone writes into it
 
     # 2. Refine this rank's slice, one .npz per batch named by its first position.
@@ -246,7 +238,7 @@ def refine_shards(
                 n = _refine_batch(refiner, batch, label_names, dtype, batch_size, parts, device)
                 bar.update(n)
     except (ValueError, OSError) as err:
-        error = _one_line(err)
+        error = one_line(err)
     agree(error)
 
     # 3. Rank 0 streams the parts back in position order into the final shard set.
@@ -270,7 +262,7 @@ def refine_shards(
                 progress,
             )
         except (ValueError, OSError) as err:
-            error = _one_line(err)
+            error = one_line(err)
         finally:
             shutil.rmtree(parts, ignore_errors=True)
     agree(error)
@@ -430,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = checkpoint_path(args.run, args.checkpoint)
             refiner, info, trained_shape = load_refiner(path)
         except (ValueError, OSError) as err:
-            error = _one_line(err)
+            error = one_line(err)
         _raise_first(gather(error))
         manifest = refine_shards(
             refiner,
@@ -451,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         # Errors are agreed between ranks: one line from rank 0 is the whole story.
         if accelerator.is_main_process:
-            print(f"distsim.refine: error: {_one_line(err)}", file=sys.stderr)
+            print(f"distsim.refine: error: {one_line(err)}", file=sys.stderr)
         return 2
     finally:
         # Every rank gets here together (the last step of refine_shards is a collective); a

@@ -32,10 +32,10 @@ from distsim import data
 from distsim.checkpoint import image_shape, load_models, resolve_checkpoint
 from distsim.config import make_config
 from distsim.evaluate import plot_cumulative, train_and_test
-from distsim.pupil import locate_pupil
+from distsim.pupil import pupil_shift as distance_moved
 from distsim.refine import checkpoint_info, refine_shards
 from distsim.train import training_loop
-from shards.argtypes import positive_int
+from shards.cliutil import one_line, positive_int
 from shards.sources.sim_eyes import convert_sim_eyes
 
 PROG = "distsim.report"
@@ -65,8 +65,7 @@ def first_images(directory: Path, n: int) -> torch.Tensor:
 
 
 def pupil_shift(synthetic: Path, refined: Path, n: int) -> dict[str, float]:
-    before, after = first_images(synthetic, n), first_images(refined, n)
-    shift = (locate_pupil(before) - locate_pupil(after)).norm(dim=1)  # (n,)
+    shift = distance_moved(first_images(synthetic, n), first_images(refined, n))  # (n,)
     return {"mean": shift.mean().item(), "std": shift.std().item()}
 
 
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_cumulative(curves, args.out / "cumulative_error.png",
                         title="Gaze on real eyes: trained on synthetic vs refined")  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
-        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
     print(table, end="")
     return 0

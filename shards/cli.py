@@ -18,7 +18,7 @@ from types import FrameType
 
 import numpy as np
 
-from shards.argtypes import non_negative_int, positive_int
+from shards.cliutil import non_negative_int, one_line, positive_int
 from shards.format import (
     Manifest,
     ShardError,
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
     except (ValueError, OSError) as e:  # ShardError and InputError are ValueErrors
-        print(f"shards: error: {_one_line(e)}", file=sys.stderr)
+        print(f"shards: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("shards: interrupted; no manifest written", file=sys.stderr)
@@ -209,11 +209,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
-
-
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.filename is not None:
-        text = f"{e.filename}: {e.strerror or e}"
-    else:
-        text = str(e)
-    return " ".join(text.split())

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from shards.argtypes import positive_int
+from shards.cliutil import positive_int
 from shards.format import Manifest
 from shards.writer import LabelArg, ShardSetWriter
 

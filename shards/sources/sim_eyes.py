@@ -6,7 +6,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from shards.argtypes import non_negative_int, positive_int
+from shards.cliutil import non_negative_int, positive_int
 from shards.format import Manifest
 from shards.sources.common import (
     Batch,
