@@ -2,8 +2,10 @@
 
 Two streams, both split explicitly by rank and DataLoader worker:
 
-- ``BatchStream``: infinite and resampled. Every (rank, worker) draws blocks independently with
-  replacement, so no rank can run out of batches before another; the trainer counts steps.
+- ``BatchStream``: infinite and resampled. Each rank draws blocks independently with
+  replacement, in chunks seeded by (seed, rank, world_size, chunk) and dealt whole to
+  DataLoader workers, so no rank can run out of batches before another and a stream can start
+  at any batch without reading the ones before (``start``); the trainer counts steps.
 - ``EpochStream``: exact epochs. Epoch e is one permutation of every image, seeded by
   (seed, e) and identical on every rank, cut into equal numbers of batches per rank, so a
   world of ranks sees each image exactly once (or, optionally, pads or drops a remainder).
@@ -249,17 +251,54 @@ class _ShardStream(IterableDataset):
         return batch
 
 
+def chunk_position(index: int, num_workers: int, batches_per_chunk: int) -> tuple[int, int]:
+    """(chunk, batch within the chunk) that a rank's batch number ``index`` (0-based) comes from.
+
+    Batch ``index`` is made by DataLoader "role" ``index % num_workers`` (see ``BatchStream``),
+    whose ``index // num_workers``-th batch it is; role r owns chunks r, r + W, r + 2W, ...
+    (W = ``num_workers``), each played whole, in order. So a chunk's batches all come from one
+    worker, which decodes it once, and ``num_workers=1`` (or 0) gives chunk ``index // K``.
+    """
+    workers, k = max(1, num_workers), batches_per_chunk
+    role, local = index % workers, index // workers
+    return role + workers * (local // k), local % k
+
+
 class BatchStream(_ShardStream):
     """Endless batches {"image": (B, C, H, W) image tensor, label: (B, *shape)} from a shard set.
 
     Images stay in their stored dtype (uint8 for eyes: 4x less host-to-device traffic than
-    float); the trainer converts on the device. Each (rank, DataLoader worker) seeds its own
-    generator from (seed, rank, worker id, world_size), picks blocks with probability
-    proportional to their size (i.e. images uniformly, with replacement), and shuffles images
-    through a pool of ``shuffle_buffer`` blocks so a batch mixes many blocks. The stream is a
-    deterministic function of (seed, rank, world_size, num_workers). For ``on_error`` and the
-    extra batch keys in skip mode, see the module docstring; a skipped block is never drawn
-    again by that worker.
+    float); the trainer converts on the device. For ``on_error`` and the extra batch keys in
+    skip mode, see the module docstring.
+
+    Chunks. A rank's stream is cut into chunks of K = ``batches_per_chunk`` =
+    max(1, ceil(shuffle_buffer * block_size / batch_size)) batches. Chunk c has its own
+    generator, seeded by (seed, rank, world_size, c): it picks blocks uniformly, with
+    replacement, until it holds at least K * batch_size images (about ``shuffle_buffer`` blocks,
+    so a batch mixes that many), permutes them and cuts the first K * batch_size into its K
+    batches (the few left over are dropped). Blocks are whole, so uniform blocks give every
+    image the same frequency, also those of a shard's smaller last block (picking blocks in
+    proportion to their size, as a uniform image index would, makes an image's frequency
+    proportional to its block's size).
+    A chunk is therefore a pure function of (seed, rank, world_size, c, the shard set).
+
+    Order, workers and resume. The DataLoader reads its workers round-robin from worker 0, so
+    with W workers (W = 1 for ``num_workers=0``) the rank's batch g comes from worker
+    (g - start) % W. Worker w of a stream started at ``start`` plays role r = (w + start) % W
+    and makes batches g = start + w, start + w + W, ...; role r owns chunks c = r (mod W), and
+    ``chunk_position`` maps g to its (chunk, batch) (role r's l-th batch is batch l % K of
+    chunk r + W * (l // K)). So every chunk is decoded by one worker only, and batch g is the
+    same whatever ``start`` is: ``start=s`` yields exactly the batches ``start=0`` yields from
+    its s-th (0-based) on, bitwise, with the same (shard set, batch_size, rank, world_size,
+    seed, labels, shuffle_buffer, num_workers). Starting costs at most the decoding of one
+    chunk per worker, skipped batches of which are not even gathered; earlier chunks are never
+    touched. The order depends on ``num_workers``: resume with the same value. (Changing it
+    only permutes batches within windows of W * K: window m holds chunks m W ... m W + W - 1.)
+    Each ``iter()`` of a loader restarts at ``start``; the trainer counts its batches.
+
+    Skip mode: a block that fails to decode is counted (``skipped_blocks``, ``skipped_images``,
+    once per worker), never read again by that worker, and its draw is replaced by the chunk's
+    next draw, so chunks stay deterministic (for a given set of bad blocks) and resume exactly.
     """
 
     def __init__(
@@ -275,31 +314,62 @@ class BatchStream(_ShardStream):
         *,
         on_error: OnError = "raise",
         verify: bool = False,
+        start: int = 0,
     ) -> None:
         if shuffle_buffer < 0:
             raise ValueError(f"need shuffle_buffer >= 0, got {shuffle_buffer}")
+        if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
+            raise ValueError(f"need an integer start >= 0, got {start!r}")
         super().__init__(
             directory, manifest, batch_size, rank, world_size, seed, labels, on_error, verify
         )
         self.shuffle_buffer = shuffle_buffer
+        self.start = int(start)
+        blocks_images = shuffle_buffer * manifest.block_size
+        self.batches_per_chunk = max(1, -(-blocks_images // batch_size))  # exact ceil
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = get_worker_info()
-        worker_id = worker.id if worker is not None else 0
-        rng = np.random.default_rng([self.seed, self.rank, worker_id, self.world_size])
-        keep = self.batch_size + self.shuffle_buffer * self.manifest.block_size
-        m = self.manifest
-        images = np.empty((0, *m.image_shape), m.image_dtype)  # (N, C, H, W) the shuffle pool
-        labels = {k: np.empty((0, *m.labels[k].shape), m.labels[k].dtype) for k in self.labels}
-        bad: set[int] = set()
+        if worker is None:
+            return self.worker_batches(0, 1)
+        return self.worker_batches(worker.id, worker.num_workers)
+
+    def worker_batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        """What DataLoader worker ``worker`` of ``num_workers`` yields (``__iter__`` in it)."""
+        workers = max(1, num_workers)
+        if not 0 <= worker < workers:
+            raise ValueError(f"worker {worker} is not in [0, {workers})")
+        bad: set[int] = set()  # blocks that failed to decode, never read again here
+        current, chunk = -1, None
+        index = self.start + worker  # this worker's first batch, then every workers-th
         while True:
-            parts = [(images, labels)]
-            n = len(images)
-            while n < keep:  # keep >= batch_size
-                # A uniform image index picks its block: blocks weighted by size.
-                block = int(np.searchsorted(self._ends, rng.integers(self._ends[-1]), "right"))
-                if block in bad:
-                    continue
+            c, i = chunk_position(index, workers, self.batches_per_chunk)
+            if c != current:
+                current, chunk = c, self._chunk(c, bad)
+            pool, order = chunk
+            take = order[i * self.batch_size : (i + 1) * self.batch_size]
+            batch = self._new_batch(self.batch_size)
+            for k, values in pool.items():
+                # Gathered straight into the batch tensors ("clip" skips take's bounds buffer).
+                np.take(values, take, axis=0, out=batch[k].numpy(), mode="clip")
+            yield self._finish(batch)
+            index += workers
+
+    def _chunk(self, c: int, bad: set[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Chunk ``c``: ({"image": (N, C, H, W), label: (N, ...)} decoded, (K * B,) order)."""
+        rng = np.random.default_rng([self.seed, self.rank, self.world_size, c])
+        need = self.batches_per_chunk * self.batch_size
+        parts: list[Arrays] = []
+        decoded: dict[int, Arrays] = {}  # a block drawn twice in a chunk is read once
+        n = 0
+        while n < need:
+            # Uniform over blocks: every image then comes equally often, whatever its block's
+            # size (weighting blocks by size would favour images of big blocks).
+            block = int(rng.integers(len(self.blocks)))
+            if block in bad:
+                continue  # replaced by the next draw, as when it first failed
+            part = decoded.get(block)
+            if part is None:
                 part = self._read(self.blocks[block])
                 if part is None:
                     self._skipped_images += self.blocks[block].count
@@ -307,20 +377,14 @@ class BatchStream(_ShardStream):
                     if len(bad) == len(self.blocks):
                         raise ShardError(f"{self.directory}: every block failed to decode")
                     continue
-                parts.append(part)
-                n += len(part[0])
-            order = rng.permutation(n)
-            take, rest = order[: self.batch_size], order[self.batch_size :]
-            batch = self._new_batch(self.batch_size)
-            pool = np.concatenate([p[0] for p in parts])  # (n, C, H, W)
-            # Gathered straight into the batch tensors ("clip" skips take's bounds buffer).
-            np.take(pool, take, axis=0, out=batch[IMAGE_KEY].numpy(), mode="clip")
-            images, labels = pool[rest], {}
-            for k in self.labels:
-                pool = np.concatenate([p[1][k] for p in parts])
-                np.take(pool, take, axis=0, out=batch[k].numpy(), mode="clip")
-                labels[k] = pool[rest]
-            yield self._finish(batch)
+                decoded[block] = part
+            parts.append(part)
+            n += len(part[0])
+        order = rng.permutation(n)[:need]
+        pool = {IMAGE_KEY: np.concatenate([p[0] for p in parts])}
+        for k in self.labels:
+            pool[k] = np.concatenate([p[1][k] for p in parts])
+        return pool, order
 
 
 def rank_batches(
@@ -581,10 +645,15 @@ def make_loader(
     *,
     on_error: OnError = "raise",
     verify: bool = False,
+    start: int = 0,
 ) -> ShardLoader:
     """A DataLoader over ``BatchStream``; batches are already formed, so batch_size=None.
 
-    ``loader.dataset.skipped_shards`` lists shards dropped under ``on_error="skip"``.
+    ``start=s`` yields exactly (bitwise) the batches that ``start=0`` yields from its s-th
+    (0-based) on, given the same other arguments, ``num_workers`` included (the order depends
+    on it), without reading the s batches before: resume a run at the batch it stopped at.
+    Each ``iter(loader)`` starts again at ``start``. ``loader.dataset.skipped_shards`` lists
+    shards dropped under ``on_error="skip"``.
     """
     manifest = open_shards(directory, on_error=on_error)
     stream = BatchStream(
@@ -598,6 +667,7 @@ def make_loader(
         shuffle_buffer,
         on_error=on_error,
         verify=verify,
+        start=start,
     )
     return ShardLoader(
         stream,
@@ -689,3 +759,18 @@ def ensure_builtin_shards(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename won
     return final
+
+
+def first_images(directory: str | Path, n: int, *, on_error: OnError = "raise") -> torch.Tensor:
+    """The first n images of a shard set, in stored order: (n, C, H, W) in the stored dtype."""
+    loader = make_epoch_loader(
+        directory, 256, 0, 1, 0, num_workers=0, labels=(), shuffle=False, on_error=on_error
+    )
+    parts, got = [], 0
+    with loader:
+        for batch in loader:
+            parts.append(batch["image"])
+            got += len(batch["image"])
+            if got >= n:
+                break
+    return torch.cat(parts)[:n]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import itertools
@@ -23,6 +24,7 @@ from distsim.data import (
     EpochStream,
     ShardWarning,
     check_pair,
+    chunk_position,
     ensure_builtin_shards,
     make_epoch_loader,
     make_loader,
@@ -233,6 +235,226 @@ def test_ensure_builtin_shards_loser_of_a_race_uses_the_winner(
     assert ensure_builtin_shards("synthetic", 50, 0, tmp_path, progress=False) == final
     assert open_shards(final).count == 50
     assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]  # no temp dir left
+
+
+# --- resampled stream: chunks and exact resume -------------------------------------------------
+
+# B=8, 2 blocks of 16 in the shuffle pool: K = 4 batches per chunk; 490 images in 34 blocks.
+RB, RBLOCK, RBUFFER, RK = 8, 16, 2, 4
+RESUME_STARTS = (0, 1, RK - 1, RK, RK + 1, 2 * RK + 3, 7)  # 7: not divisible by 2 or 3 workers
+RESUME_TAKE = 2 * RK + 5
+
+
+@pytest.fixture(scope="module")
+def resume_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_indexed_set(tmp_path_factory.mktemp("resume") / "set", (300, 150, 40), RBLOCK)
+
+
+def resampled(directory: Path, start: int = 0, **kwargs) -> BatchStream:
+    args = {"batch_size": RB, "rank": 0, "world_size": 1, "seed": 5, "labels": ("idx",)}
+    args |= kwargs
+    return BatchStream(
+        directory,
+        open_shards(directory, on_error=args.get("on_error", "raise")),
+        args.pop("batch_size"),
+        args.pop("rank"),
+        args.pop("world_size"),
+        args.pop("seed"),
+        args.pop("labels"),
+        args.pop("shuffle_buffer", RBUFFER),
+        start=start,
+        **args,
+    )
+
+
+def round_robin(stream: BatchStream, num_workers: int):
+    """What a DataLoader with ``num_workers`` workers yields, in-process: its workers' streams
+    read in turn from worker 0 (each worker holds its own copy of the dataset)."""
+    workers = max(1, num_workers)
+    its = [
+        (copy.deepcopy(stream) if workers > 1 else stream).worker_batches(w, num_workers)
+        for w in range(workers)
+    ]
+    for w in itertools.cycle(range(workers)):
+        yield next(its[w])
+
+
+def assert_same_batches(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            if isinstance(x[k], torch.Tensor):
+                assert x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), k
+            else:  # skip mode's counts
+                assert x[k] == y[k], k
+
+
+def ids(batches: list[dict]) -> list[tuple[int, ...]]:
+    return [tuple(b["idx"].tolist()) for b in batches]
+
+
+def test_chunk_position_deals_whole_chunks_to_one_worker_each() -> None:
+    for workers, k in itertools.product(range(5), range(1, 6)):
+        w = max(1, workers)
+        chunks = 3 * w
+        total = chunks * k
+        where = [chunk_position(g, workers, k) for g in range(total)]
+        # A bijection onto (chunk, batch) of the first 3W chunks: nothing repeated or left out.
+        assert sorted(where) == [(c, i) for c in range(chunks) for i in range(k)]
+        for g, (c, _) in enumerate(where):
+            assert c % w == g % w  # chunk c belongs to the role that makes batch g
+        for role in range(w):
+            # Each role plays its chunks whole and in order: batch i of chunk c is its
+            # (c // W * K + i)-th batch, so a worker decodes each chunk once, from any start.
+            mine = where[role::w]
+            assert mine == sorted(mine)
+            assert [c // w * k + i for c, i in mine] == list(range(len(mine)))
+        if w == 1:
+            assert where == [(g // k, g % k) for g in range(total)]
+
+
+def test_resampled_stream_resumes_exactly_in_process(resume_set: Path) -> None:
+    """Every start and worker count: ``worker_batches`` interleaved as the DataLoader does."""
+    assert resampled(resume_set).batches_per_chunk == RK
+    n = RESUME_TAKE
+    for workers in (0, 1, 2, 3, 4):
+        ref = take(round_robin(resampled(resume_set), workers), 3 * RK + 2 + n)
+        assert len(set(ids(ref))) == len(ref)  # batches differ, so the comparison means something
+        for start in range(3 * RK + 3):
+            got = take(round_robin(resampled(resume_set, start), workers), n)
+            assert_same_batches(got, ref[start : start + n])
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 on 2 cores
+@pytest.mark.parametrize("num_workers", [0, 1, 2, 3])
+def test_loader_resumes_exactly_at_any_start(resume_set: Path, num_workers: int) -> None:
+    def batches(start: int, n: int) -> list[dict]:
+        with make_loader(
+            resume_set, RB, 0, 1, 5, num_workers, ("idx",), shuffle_buffer=RBUFFER, start=start
+        ) as loader:
+            return take(iter(loader), n)
+
+    n = RESUME_TAKE
+    ref = batches(0, max(RESUME_STARTS) + n)
+    # The DataLoader reads its workers round-robin from worker 0, as round_robin assumes.
+    assert_same_batches(ref, take(round_robin(resampled(resume_set), num_workers), len(ref)))
+    for start in RESUME_STARTS:
+        assert_same_batches(batches(start, n), ref[start : start + n])
+    # Images travel with their labels: one image per idx, wherever it is met.
+    seen: dict[int, bytes] = {}
+    for batch in ref:
+        assert batch["image"].shape == (RB, 1, 8, 8) and batch["image"].dtype == torch.uint8
+        for i, image in zip(batch["idx"].tolist(), batch["image"], strict=True):
+            assert seen.setdefault(i, image.numpy().tobytes()) == image.numpy().tobytes()
+
+
+def test_num_workers_only_permutes_batches_within_windows(resume_set: Path) -> None:
+    # Window m of W * K batches holds chunks mW .. mW + W - 1 whatever W is.
+    one = ids(take(round_robin(resampled(resume_set), 1), 12 * RK))
+    for workers in (2, 3, 4):
+        w = ids(take(round_robin(resampled(resume_set), workers), 12 * RK))
+        assert w != one
+        size = workers * RK
+        for lo in range(0, 12 * RK - size + 1, size):
+            assert sorted(w[lo : lo + size]) == sorted(one[lo : lo + size])
+
+
+def test_resampled_stream_depends_on_seed_rank_and_world_only(resume_set: Path) -> None:
+    def first(**kwargs) -> list[tuple[int, ...]]:
+        return ids(take(iter(resampled(resume_set, **kwargs)), 2 * RK))
+
+    base = first()
+    assert base == first()  # same arguments, same batches
+    others = [
+        first(seed=6),
+        first(rank=1, world_size=2),
+        first(world_size=2),
+        first(rank=1, world_size=3),
+    ]
+    for other in others:
+        assert other != base and not set(other) & set(base)
+    assert len({tuple(o) for o in others}) == len(others)
+    # Chunks are drawn independently: batch K is not a reshuffle of chunk 0's images.
+    assert not set(base[RK]) <= {i for b in base[:RK] for i in b}
+
+
+def test_resampled_stream_is_uniform_and_batches_mix_blocks(resume_set: Path) -> None:
+    stream = resampled(resume_set, batch_size=16, shuffle_buffer=4)  # K = 4, 64 images a chunk
+    batches = take(iter(stream), 3000)
+    counts = np.zeros(490, np.int64)
+    mixed = []
+    for batch in batches:
+        idx = batch["idx"].numpy()
+        np.add.at(counts, idx, 1)
+        mixed.append(len(np.unique(np.searchsorted(stream._ends, idx, "right"))))
+    assert (counts > 0).all()  # 48000 draws reach every image
+    total = counts.sum()
+    for lo, hi in ((0, 300), (300, 450), (450, 490)):  # each shard in proportion to its size
+        assert abs(counts[lo:hi].sum() / total - (hi - lo) / 490) < 0.035
+    # Every image equally often, also in the smaller last block of each shard (12, 6 and 8
+    # images): drawing blocks in proportion to their size would give those 0.75, 0.375, 0.5.
+    assert sorted(stream._counts.tolist())[:3] == [6, 8, 12]
+    rate = np.add.reduceat(counts, stream._ends - stream._counts) / stream._counts  # (blocks,)
+    rate /= rate.mean()
+    assert rate.min() > 0.75 and rate.max() < 1.25
+    # A batch of 16 is a random subset of ~4 blocks, not a block's run of images.
+    assert np.mean(mixed) > 2.5 and min(mixed) >= 2
+
+
+def test_resampled_start_is_validated(resume_set: Path) -> None:
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="need an integer start >= 0"):
+            resampled(resume_set, start=bad)  # type: ignore[arg-type]
+    assert resampled(resume_set, start=np.int64(3)).start == 3
+    # Starting far in costs no decoding of the batches before: one chunk per worker.
+    stream = resampled(resume_set, start=10**9)
+    calls = []
+    read = stream._read
+    stream._read = lambda ref: calls.append(ref) or read(ref)  # type: ignore[method-assign]
+    take(iter(stream), RK)
+    assert len(calls) <= 8  # ~2 blocks of 16 for a chunk of 32 images
+
+
+def test_skip_mode_is_deterministic_and_resumes_exactly(tmp_path: Path) -> None:
+    directory = uneven(tmp_path)
+    shard = directory / "shard-000000.tar"
+    flip_byte(shard, member_offset(shard, "00000003.idx.npy") + 1)  # block 3: images 96..127
+    kwargs = {"batch_size": 32, "seed": 0, "shuffle_buffer": 4, "on_error": "skip"}  # K = 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ShardWarning)
+        for workers in (0, 2):
+            ref = take(round_robin(resampled(directory, **kwargs), workers), 40)
+            again = take(round_robin(resampled(directory, **kwargs), workers), 40)
+            assert_same_batches(ref, again)  # skip counts included
+            assert sum(b["skipped_blocks"] for b in ref) == max(1, workers)  # once per worker
+            assert sum(b["skipped_images"] for b in ref) == 32 * max(1, workers)
+            assert all(not 96 <= i < 128 for batch in ref for i in batch["idx"].tolist())
+            assert all(len(b["idx"]) == 32 for b in ref)
+            for start in (1, 3, 4, 9, 22):
+                got = take(round_robin(resampled(directory, start, **kwargs), workers), 16)
+                for x, y in zip(got, ref[start : start + 16], strict=True):
+                    assert torch.equal(x["image"], y["image"]) and torch.equal(x["idx"], y["idx"])
+        # Through real worker processes too (their warnings go to stderr).
+        with make_loader(
+            directory, 32, 0, 1, 0, 2, ("idx",), shuffle_buffer=4, on_error="skip", start=5
+        ) as loader:
+            got = take(iter(loader), 16)
+        ref = take(round_robin(resampled(directory, **kwargs), 2), 21)
+    for x, y in zip(got, ref[5:], strict=True):
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["idx"], y["idx"])
+
+
+def test_skip_mode_raises_when_every_block_fails(tmp_path: Path) -> None:
+    directory = write_indexed_set(tmp_path / "set", (40,), block_size=16)
+    stream = resampled(directory, on_error="skip")
+    shard = directory / "shard-000000.tar"
+    shard.write_bytes(bytes(shard.stat().st_size))  # after indexing: every block fails to decode
+    with (
+        pytest.warns(ShardWarning, match="skipping its"),
+        pytest.raises(ShardError, match="every block failed to decode"),
+    ):
+        take(iter(stream), 1)
 
 
 # --- exact epochs -------------------------------------------------------------------------------
