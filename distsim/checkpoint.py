@@ -2,7 +2,8 @@
 
     RUN_DIR/checkpoints/step-00000500/
         refiner.safetensors  discriminator.safetensors   weights, loadable without torch.load
-        state.pt                                          optimisers, history buffer, counters, RNG
+        state.pt                                          optimisers, scaler, history buffer,
+                                                          counters, every rank's RNG states
         config.json                                       the resolved run config
 
 A save goes to a hidden temporary directory that is renamed into place only when complete, so
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -50,9 +53,10 @@ def save_checkpoint(
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
+    # Leftovers of saves that crashed (any step, any process) are never read: remove them.
+    for stale in root.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(_contiguous(refiner.state_dict()), tmp / "refiner.safetensors")
     save_file(_contiguous(discriminator.state_dict()), tmp / "discriminator.safetensors")
@@ -105,13 +109,57 @@ def load_models(path: str | Path) -> tuple[Refiner, Discriminator, Config]:
     ckpt = resolve_checkpoint(path)
     cfg = load_config(ckpt / "config.json")
     refiner, discriminator = build_models(cfg, image_shape(ckpt)[0])
-    refiner.load_state_dict(load_file(ckpt / "refiner.safetensors"))
-    discriminator.load_state_dict(load_file(ckpt / "discriminator.safetensors"))
+    load_weights(ckpt, refiner, discriminator)
     return refiner, discriminator, cfg
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
     return torch.load(resolve_checkpoint(path) / "state.pt", map_location="cpu", weights_only=True)
+
+
+def find_resume(spec: str, run_dir: str | Path) -> Path | None:
+    """The checkpoint `--resume spec` means: None for a fresh start.
+
+    "auto" is the newest complete checkpoint of `run_dir`, or None if it has none (so one
+    command both starts and resumes a preemptible job); anything else must name a checkpoint
+    or a run directory that has one.
+    """
+    if not spec:
+        return None
+    if spec == "auto":
+        return latest_checkpoint(run_dir)
+    return resolve_checkpoint(spec)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's global RNG states, in types `torch.load(weights_only=True)` accepts."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(np.asarray(key, dtype=np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(_tuples(state["python"]))
+
+
+def _tuples(value: Any) -> Any:
+    # random.setstate needs tuples; a checkpoint round trip may hand back lists.
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def load_weights(path: str | Path, refiner: nn.Module, discriminator: nn.Module) -> None:
+    ckpt = resolve_checkpoint(path)
+    refiner.load_state_dict(load_file(ckpt / "refiner.safetensors"))
+    discriminator.load_state_dict(load_file(ckpt / "discriminator.safetensors"))
 
 
 def build_models(cfg: Config, channels: int) -> tuple[Refiner, Discriminator]:

@@ -60,6 +60,9 @@ class Config:
     optimizer: str = "adam"  # adam | sgd
     lr_r: float = 1e-4
     lr_d: float = 1e-4
+    # Adam's first-moment decay for both players. GANs usually train with 0.5 (DCGAN): a
+    # long momentum keeps pushing along a gradient the other player has already made stale.
+    adam_beta1: float = 0.9
     history: bool = True  # False: D sees only current refined images (paper's ablation)
     # "local": a real/refined decision per patch (the paper); "global": one per image (ablation).
     adversarial: str = "local"
@@ -67,6 +70,18 @@ class Config:
 
     # Precision: empty takes what `accelerate launch` says; otherwise no | bf16 | fp16.
     mixed_precision: str = ""
+
+    # Faults and resume. "auto": the newest complete checkpoint in --run-dir, or a fresh start
+    # if it has none; a path: that checkpoint (or that run's newest).
+    resume: str = ""
+    # A non-finite loss: "stop" (name the step and loss; the last checkpoint stays good) or
+    # "skip" the update (costs one host sync per step to look at the gradients).
+    on_nonfinite: str = "stop"
+    # Steps between rank-consistency checks (every rank holds the same R and D, and an R step
+    # left D untouched); 0: only before each checkpoint, where it always runs.
+    check_every: int = 0
+    # Seconds a collective may wait for a lost rank before the survivors fail (not hang).
+    dist_timeout: int = 600
 
     # Outputs.
     log_every: int = 10
@@ -92,6 +107,7 @@ class Config:
             "ckpt_every",
             "builtin_count",
             "grid_rows",
+            "dist_timeout",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -105,6 +121,7 @@ class Config:
             "keep_checkpoints",
             "lambda_reg",
             "history_size",
+            "check_every",
         )
         for name in nonneg:
             if getattr(self, name) < 0:
@@ -120,12 +137,15 @@ class Config:
             "on_bad_shard": ("raise", "skip"),
             "adversarial": ("local", "global"),
             "mixed_precision": ("", "no", "bf16", "fp16"),
+            "on_nonfinite": ("stop", "skip"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"--{_flag(name)} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
+        if not 0.0 <= self.adam_beta1 < 1.0:
+            raise ValueError(f"--adam-beta1 must be in [0, 1), got {self.adam_beta1}")
         if len(self.disc_widths) != 4:
             raise ValueError(f"--disc-widths needs 4 widths, got {self.disc_widths}")
         if self.history and self.batch_size % 2:
@@ -233,10 +253,15 @@ HELP: dict[str, str] = {
     "optimizer": "adam or sgd",
     "lr_r": "refiner learning rate",
     "lr_d": "discriminator learning rate",
+    "adam_beta1": "Adam's beta1 for both optimizers (GANs often use 0.5)",
     "history": "show D half history-buffer images (--no-history: the paper's ablation)",
     "history_size": "history buffer slots, global across ranks",
     "adversarial": "local (a decision per patch, the paper) or global (one per image, ablation)",
     "mixed_precision": "no, bf16 or fp16 (default: what accelerate launch says)",
+    "resume": "auto (newest checkpoint in --run-dir, if any) or a checkpoint or run directory",
+    "on_nonfinite": "non-finite loss: stop (naming step and loss) or skip the update",
+    "check_every": "steps between rank-consistency checks (0: only before checkpoints)",
+    "dist_timeout": "seconds a collective waits for a lost rank before the others fail",
     "log_every": "steps between TensorBoard scalars and progress-bar losses",
     "image_every": "steps between PNG grids (synthetic | refined | real)",
     "ckpt_every": "steps between checkpoints",

@@ -26,11 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from distsim import data
 from distsim.checkpoint import image_shape, load_models, resolve_checkpoint
 from distsim.config import make_config
+from distsim.data import first_images
 from distsim.evaluate import plot_cumulative, train_and_test
 from distsim.pupil import pupil_shift as distance_moved
 from distsim.refine import checkpoint_info, refine_shards
@@ -47,21 +45,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "global": {"adversarial": "global"},
 }
 PUPIL_SAMPLE = 1000  # eyes used for the pupil-shift measurement
-
-
-def first_images(directory: Path, n: int) -> torch.Tensor:
-    """The first n images of a shard set, in order: (n, C, H, W) uint8."""
-    loader = data.make_epoch_loader(
-        directory, 256, 0, 1, 0, num_workers=0, labels=(), shuffle=False
-    )
-    parts, got = [], 0
-    with loader:
-        for batch in loader:
-            parts.append(batch["image"])
-            got += len(batch["image"])
-            if got >= n:
-                break
-    return torch.cat(parts)[:n]
 
 
 def pupil_shift(synthetic: Path, refined: Path, n: int) -> dict[str, float]:

@@ -1,0 +1,163 @@
+"""Full-state checkpoints: exact resume, atomic saves, non-finite losses, mixed precision."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distsim import checkpoint as ckpt_mod
+from distsim.checkpoint import latest_checkpoint, list_checkpoints, load_state
+from distsim.config import make_config
+from distsim.train import main, training_loop
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _cfg(tmp_path, name: str, **overrides):
+    base = dict(
+        run_dir=str(tmp_path / name), cache_dir=str(tmp_path / "cache"), progress=False,
+        builtin_count=512, steps=8, history_size=24, ckpt_every=1000, num_workers=1,
+    )  # fmt: skip
+    return make_config("smoke", **{**base, **overrides})
+
+
+def _everything(run_dir):
+    last = latest_checkpoint(run_dir)
+    tensors = {
+        f"{m}.{k}": v
+        for m in ("refiner", "discriminator")
+        for k, v in load_file(last / f"{m}.safetensors").items()
+    }
+    state = load_state(last)
+    h = state["history"]
+    tensors["history.images"] = h["images"]
+    tensors["history.generator"] = h["generator"]
+    for name in ("opt_r", "opt_d"):
+        for i, s in state[name]["state"].items():
+            for k, v in s.items():
+                tensors[f"{name}.{i}.{k}"] = torch.as_tensor(v)
+    return tensors, state
+
+
+def test_stop_and_resume_equals_never_stopping(tmp_path, capsys):
+    # smoke: 2 + 2 pretraining steps, then 8 adversarial ones; the break is mid-adversarial.
+    straight = training_loop(_cfg(tmp_path, "straight"))
+    part = _cfg(tmp_path, "parts", steps=3)
+    training_loop(part)
+    assert [p.name for p in list_checkpoints(part.run_dir)] == ["step-00000007"]
+    training_loop(_cfg(tmp_path, "parts", resume="auto"))
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "at step 7" in out and "changed: steps 3 -> 8" in out
+
+    want, want_state = _everything(straight)
+    got, got_state = _everything(tmp_path / "parts")
+    assert want.keys() == got.keys()
+    for k in want:  # bitwise: same data position, same buffer choices, same optimiser moments
+        assert torch.equal(want[k], got[k]), k
+    assert want_state["counters"] == got_state["counters"]
+    assert got_state["history"]["count"] == 24  # the buffer was full, then replaced into
+    assert len(got_state["rng"]) == 1 and set(got_state["rng"][0]) >= {"torch", "numpy"}
+
+
+def test_resume_auto_starts_fresh_and_needs_a_run_dir(tmp_path):
+    run = training_loop(_cfg(tmp_path, "fresh", resume="auto", steps=1))
+    assert load_state(run)["counters"]["step"] == 5
+    with pytest.raises(ValueError, match="needs --run-dir"):
+        training_loop(_cfg(tmp_path, "x", resume="auto", run_dir=""))
+    with pytest.raises(ValueError, match="no checkpoint found"):
+        training_loop(_cfg(tmp_path, "y", resume=str(tmp_path / "nowhere")))
+
+
+def test_a_crash_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    run = training_loop(_cfg(tmp_path, "run", steps=1))
+    before = latest_checkpoint(run)
+    saved = {k: v.clone() for k, v in load_file(before / "refiner.safetensors").items()}
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        training_loop(_cfg(tmp_path, "run", steps=3, resume="auto"))
+    monkeypatch.undo()
+    # The half-written save is invisible; the previous checkpoint is whole and loads.
+    assert list_checkpoints(run) == [before]
+    assert load_state(before)["counters"]["step"] == 5
+    for k, v in load_file(before / "refiner.safetensors").items():
+        assert torch.equal(v, saved[k])
+    # The next save clears the debris.
+    training_loop(_cfg(tmp_path, "run", steps=3, resume="auto"))
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    assert latest_checkpoint(run).name == "step-00000007"
+
+
+def test_retention_keeps_the_newest(tmp_path):
+    run = training_loop(_cfg(tmp_path, "run", ckpt_every=2, keep_checkpoints=2))
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000010", "step-00000012"]
+
+
+def test_nonfinite_loss_stops_naming_step_and_loss_and_keeps_last_checkpoint(tmp_path, capsys):
+    # lambda = inf makes the first adversarial refiner loss infinite (step 5 of 4 + 8),
+    # whose update poisons R, so D's loss is NaN in the same step.
+    flags = [
+        "--preset", "smoke", "--cache-dir", str(tmp_path / "cache"), "--builtin-count", "512",
+        "--no-progress", "--lambda-reg", "inf", "--ckpt-every", "4", "--log-every", "3",
+        "--steps", "8", "--num-workers", "0",
+    ]  # fmt: skip
+    run = tmp_path / "stop"
+    assert main([*flags, "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at step 5 (checked at step 6)" in err[0], err
+    assert "non-finite" in err[0] and "r_loss" in err[0], err
+    # Checked before the save at step 8 too: nothing poisoned was written.
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000004"]
+    weights = load_file(latest_checkpoint(run) / "refiner.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+    # With --on-nonfinite skip, every adversarial R update is skipped and counted; D trains.
+    run = tmp_path / "skip"
+    assert main([*flags, "--run-dir", str(run), "--on-nonfinite", "skip"]) == 0
+    state = load_state(run)
+    assert state["counters"]["skipped"] == 8 * 2  # k_g refiner steps per iteration
+    assert state["counters"]["d_steps"] == 2 + 8
+    weights = load_file(latest_checkpoint(run) / "refiner.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def _train_subprocess(tmp_path, *flags: str) -> subprocess.CompletedProcess[str]:
+    # A fresh process: Accelerate keeps one precision per process for its lifetime.
+    cmd = [
+        sys.executable, str(REPO / "distsim" / "train.py"), "--preset", "smoke",
+        "--cache-dir", str(tmp_path / "cache"), "--builtin-count", "512", "--no-progress",
+        "--num-workers", "0", *flags,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_bf16_trains_on_cpu_and_keeps_a_bf16_buffer(tmp_path):
+    run = tmp_path / "bf16"
+    proc = _train_subprocess(
+        tmp_path, "--run-dir", str(run), "--mixed-precision", "bf16", "--steps", "3"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = load_state(run)
+    assert state["history"]["images"].dtype == torch.bfloat16
+    assert state["history"]["count"] == 5 * 4  # 5 D steps x b/2
+    weights = load_file(latest_checkpoint(run) / "refiner.safetensors")
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
+    images = state["history"]["images"].float()
+    assert math.isfinite(images.sum().item()) and images.abs().max() <= 1.0
+
+
+def test_fp16_on_cpu_is_refused_with_a_clear_message(tmp_path):
+    proc = _train_subprocess(
+        tmp_path, "--run-dir", str(tmp_path / "r"), "--mixed-precision", "fp16"
+    )
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "fp16 needs a CUDA device" in err[-1], err
