@@ -581,7 +581,7 @@ def training_loop(
                 check_consistency(step)
             if accelerator.is_main_process and (step % cfg.image_every == 0 or step == total):
                 save_grid(step)
-            signum = stop.agreed()
+            signum = stop.poll()
             if step % cfg.ckpt_every == 0 or step == total or signum:
                 path = checkpoint(step)
             if signum:
