@@ -618,6 +618,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"distsim.train: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        # Left to interpreter shutdown, gloo's threads can abort the process at exit
+        # ("terminate called without an active exception").
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

@@ -50,6 +50,8 @@ def main() -> None:
         return mine(0, syn_start), mine(1, real_start)
 
     training_loop(cfg, accelerator, streams=streams)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
