@@ -1,6 +1,7 @@
 """The paper's Table 2 experiment on the built-in eye benchmark, in one command.
 
-    python -m distsim.report gaze --out reports/gaze [--preset cpu] [--seeds 0 1 2]
+    python -m distsim.report gaze --out reports/gaze [--preset cpu] [--simgan-flags '...']
+        [--seeds 0 1 2]
         [--variants simgan no-history global] [--train-count 20000] [--test-count 5000]
         [--estimator-steps 1000] [--estimator-batch 128]
 
@@ -20,14 +21,16 @@ current refined images) and `global` (one adversarial decision per image).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from distsim.checkpoint import image_shape, load_models, resolve_checkpoint
-from distsim.config import make_config
+from distsim.config import resolve
 from distsim.data import first_images
 from distsim.evaluate import plot_cumulative, train_and_test
 from distsim.pupil import pupil_shift as distance_moved
@@ -70,8 +73,9 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     rows: dict[str, Any] = {"synthetic": estimator(syn, n), "synthetic 4x": estimator(syn, 4 * n)}
     pupils: dict[str, Any] = {}
     for variant in args.variants:
-        cfg = make_config(
-            args.preset, seed=seed, run_dir=str(work / f"run-{variant}-s{seed}"),
+        flags = ["--preset", args.preset, *shlex.split(args.simgan_flags)]
+        cfg = dataclasses.replace(
+            resolve(flags), seed=seed, run_dir=str(work / f"run-{variant}-s{seed}"),
             cache_dir=str(work / "cache"), progress=False, **VARIANTS[variant],
         )  # fmt: skip
         run = training_loop(cfg)
@@ -126,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     gaze = tasks.add_parser("gaze", help="Table 2: gaze estimation on the built-in eye benchmark")
     gaze.add_argument("--out", type=Path, required=True)
     gaze.add_argument("--preset", default="cpu", help="SimGAN preset (cpu, eyes, smoke)")
+    gaze.add_argument(
+        "--simgan-flags", default="",
+        help="more train.py flags for every SimGAN run, e.g. '--lr-d 1e-3' (seed, run and "
+        "cache directories are the report's)",
+    )  # fmt: skip
     gaze.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     gaze.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     gaze.add_argument("--train-count", type=positive_int, default=20_000)

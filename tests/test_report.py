@@ -12,7 +12,7 @@ def test_report_runs_every_row_and_seed(tmp_path, capsys):
     argv = ["gaze", "--out", str(out), "--preset", "smoke", "--seeds", "0", "1",
             "--variants", "simgan", "no-history", "--train-count", "64", "--test-count", "64",
             "--estimator-steps", "2", "--estimator-batch", "16",
-            "--width-mult", "0.25"]  # fmt: skip
+            "--width-mult", "0.25", "--simgan-flags", "--lr-d 0.002 --k-g 1"]  # fmt: skip
     assert main(argv) == 0
     table = (out / "table.md").read_text().splitlines()
     rows = [
@@ -33,3 +33,7 @@ def test_report_runs_every_row_and_seed(tmp_path, capsys):
     assert first["synthetic 4x"]["config"]["train_count"] == 256
     assert Image.open(out / "cumulative_error.png").size[0] > 300
     assert "refined (no-history)" in capsys.readouterr().out
+    # Extra SimGAN flags reach every run; the variant and the seed still win.
+    for name, history, seed in (("run-simgan-s1", True, 1), ("run-no-history-s0", False, 0)):
+        cfg = json.loads((out / "work" / name / "config.json").read_text())
+        assert (cfg["lr_d"], cfg["k_g"], cfg["history"], cfg["seed"]) == (0.002, 1, history, seed)
