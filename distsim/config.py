@@ -45,6 +45,9 @@ class Config:
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)
     psi: str = "identity"  # feature transform for self-regularisation: identity | channel_mean
+    # Gaussian blur (sigma, px) on D's inputs, real and refined alike; 0: none (the paper).
+    # See models.GaussianBlur for why: a refiner cannot make per-image random sensor noise.
+    disc_blur: float = 0.0
 
     # Algorithm 1.
     seed: int = 0
@@ -121,6 +124,7 @@ class Config:
             "keep_checkpoints",
             "lambda_reg",
             "history_size",
+            "disc_blur",
             "check_every",
         )
         for name in nonneg:
@@ -241,6 +245,7 @@ HELP: dict[str, str] = {
     "refiner_kernel": "refiner kernel size (paper: 3 eyes, 7 hands)",
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
+    "disc_blur": "Gaussian blur sigma (px) on the discriminator's inputs (0: none, the paper)",
     "psi": "self-regularisation feature transform: identity or channel_mean (colour)",
     "seed": "seed for weights, data order and the history buffer",
     "batch_size": "images per rank per step (even with the history buffer)",

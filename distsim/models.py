@@ -14,7 +14,10 @@ Choices the paper leaves open, and ours:
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Class indices of the discriminator's 2-way softmax per patch.
@@ -104,3 +107,33 @@ class Discriminator(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class GaussianBlur(nn.Module):
+    """A fixed depthwise Gaussian blur ("same" size, reflect padding); identity at sigma 0.
+
+    Used on the discriminator's inputs (``--disc-blur``): sensor noise is random per image, so
+    a refiner, a deterministic function of its input, cannot reproduce it; a D that sees full
+    resolution then rewards whatever high-frequency texture imitates noise statistics (our
+    refiners painted ringing edges) instead of the tones and shapes a refiner can match.
+    Blurring real and refined images alike takes the noise out of D's view.
+    """
+
+    def __init__(self, sigma: float, channels: int = 1) -> None:
+        super().__init__()
+        if sigma < 0:
+            raise ValueError(f"blur sigma must be >= 0, got {sigma}")
+        self.sigma, self.channels = sigma, channels
+        radius = max(1, math.ceil(3 * sigma))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k1 = torch.exp(-(x**2) / (2 * sigma**2)) if sigma > 0 else (x == 0).float()
+        k1 = k1 / k1.sum()
+        kernel = torch.outer(k1, k1).expand(channels, 1, -1, -1).contiguous()  # (C, 1, k, k)
+        self.register_buffer("kernel", kernel, persistent=False)
+        self.radius = radius
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sigma == 0:
+            return x
+        padded = F.pad(x, (self.radius,) * 4, mode="reflect")  # (B, C, H + 2r, W + 2r)
+        return F.conv2d(padded, self.kernel.to(x.dtype), groups=self.channels)  # (B, C, H, W)

@@ -61,7 +61,7 @@ from distsim.losses import (
     patch_accuracy,
     self_regularization_loss,
 )
-from distsim.models import REAL, REFINED
+from distsim.models import REAL, REFINED, GaussianBlur
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -314,6 +314,8 @@ def training_loop(
         refiner.register_comm_hook(None, comm.ddp_hook("r_grads"))
         discriminator.register_comm_hook(None, comm.ddp_hook("d_grads"))
     psi = PSI[cfg.psi]
+    # What D looks at: the images, blurred alike for real and refined with --disc-blur.
+    d_view = GaussianBlur(cfg.disc_blur, channels).to(device)
     # D's verdicts: per patch (paper) or pooled to one per image (the global-loss ablation).
     verdicts = global_logits if cfg.adversarial == "global" else (lambda logits: logits)
 
@@ -394,7 +396,7 @@ def training_loop(
             reg = self_regularization_loss(refined, syn, psi).mean()
             if adversarial:
                 d_raw.requires_grad_(False)
-                adv = local_adversarial_loss(verdicts(d_raw(refined)), REAL).mean()
+                adv = local_adversarial_loss(verdicts(d_raw(d_view(refined))), REAL).mean()
                 loss = adv + cfg.lambda_reg * reg
             else:
                 loss = reg
@@ -433,7 +435,7 @@ def training_loop(
                 fake = torch.cat([current, history.images[mine].float()])
             history.push(gathered)
         with accelerator.autocast():
-            logits = verdicts(discriminator(torch.cat([fake, real])))  # (2b, 2, h, w)
+            logits = verdicts(discriminator(d_view(torch.cat([fake, real]))))  # (2b, 2, h, w)
             logits_fake, logits_real = logits[: fake.shape[0]], logits[fake.shape[0] :]
             loss_fake = local_adversarial_loss(logits_fake, REFINED).mean()
             loss_real = local_adversarial_loss(logits_real, REAL).mean()

@@ -144,3 +144,19 @@ def test_global_logits_pool_the_patch_map_into_one_decision():
     torch.testing.assert_close(glob[0], torch.tensor(math.log(1 + math.e)))
     want_local = (11 * math.log(2) + math.log(1 + math.exp(12))) / 12
     torch.testing.assert_close(local[0], torch.tensor(want_local))
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_discriminator_blur_matches_scipy_and_keeps_flat_images(sigma):
+    from scipy.ndimage import gaussian_filter
+
+    from distsim.models import GaussianBlur
+
+    x = torch.randn(3, 2, 35, 55, generator=torch.Generator().manual_seed(0))
+    got = GaussianBlur(sigma, channels=2)(x)
+    # torch's "reflect" padding is scipy's "mirror"; no blur across images or channels.
+    want = gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror", truncate=3.0)
+    torch.testing.assert_close(got, torch.from_numpy(want), rtol=1e-5, atol=1e-5)
+    flat = torch.full((1, 1, 35, 55), 0.3)
+    torch.testing.assert_close(GaussianBlur(sigma)(flat), flat)
+    assert torch.equal(GaussianBlur(0.0)(x), x)
