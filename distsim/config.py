@@ -136,7 +136,7 @@ class Config:
             )
         choices = {
             "disc_arch": ("eyes", "hands"),
-            "psi": ("identity", "channel_mean"),
+            "psi": ("identity", "channel_mean", "standardized"),
             "optimizer": ("adam", "sgd"),
             "on_bad_shard": ("raise", "skip"),
             "adversarial": ("local", "global"),
@@ -246,7 +246,8 @@ HELP: dict[str, str] = {
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
     "disc_blur": "Gaussian blur sigma (px) on the discriminator's inputs (0: none, the paper)",
-    "psi": "self-regularisation feature transform: identity or channel_mean (colour)",
+    "psi": "self-regularisation feature transform: identity, channel_mean (colour) or "
+    "standardized (per-image zero mean, unit std: tone changes are free)",
     "seed": "seed for weights, data order and the history buffer",
     "batch_size": "images per rank per step (even with the history buffer)",
     "pretrain_r_steps": "refiner steps on self-regularisation only",

@@ -160,3 +160,19 @@ def test_discriminator_blur_matches_scipy_and_keeps_flat_images(sigma):
     flat = torch.full((1, 1, 35, 55), 0.3)
     torch.testing.assert_close(GaussianBlur(sigma)(flat), flat)
     assert torch.equal(GaussianBlur(0.0)(x), x)
+
+
+def test_standardized_psi_prices_shape_not_tone():
+    from distsim.losses import psi_standardized
+
+    x = torch.rand(4, 1, 35, 55, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    # A darker, flatter copy (any positive affine tone change) costs nothing...
+    toned = 0.6 * x - 0.3
+    assert self_regularization_loss(toned, x, psi_standardized).max() < 1e-2
+    assert self_regularization_loss(toned, x).min() > 0.3  # ...unlike pixel L1
+    # ...while moving content still does.
+    shifted = torch.roll(x, 2, dims=3)
+    assert self_regularization_loss(shifted, x, psi_standardized).min() > 0.5
+    standardized = psi_standardized(x).flatten(1)
+    torch.testing.assert_close(standardized.mean(1), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(standardized.std(1), torch.ones(4), atol=2e-3, rtol=0)
