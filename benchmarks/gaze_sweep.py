@@ -21,13 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distsim.checkpoint import image_shape, load_models, resolve_checkpoint  # noqa: E402
 from distsim.config import make_config  # noqa: E402
 from distsim.data import first_images  # noqa: E402
 from distsim.evaluate import train_and_test  # noqa: E402
-from distsim.refine import checkpoint_info, refine_shards  # noqa: E402
-from distsim.report import pupil_shift  # noqa: E402
-from distsim.train import training_loop  # noqa: E402
+from distsim.report import pupil_shift, train_and_refine  # noqa: E402
 from shards.sources.sim_eyes import convert_sim_eyes  # noqa: E402
 
 N, EST_STEPS, EST_BATCH, WIDTH, SEEDS = 20_000, 800, 128, 0.5, (0, 1)
@@ -60,13 +57,7 @@ def main() -> None:
             cfg = make_config(
                 "cpu", seed=0, run_dir=str(work / f"run-{name}"), progress=False, **overrides
             )
-            ckpt = resolve_checkpoint(training_loop(cfg))
-            refiner = load_models(ckpt)[0].eval()
-            refined = work / f"refined-{name}"
-            refine_shards(
-                refiner, syn, refined, checkpoint=checkpoint_info(ckpt),
-                trained_shape=image_shape(ckpt), num_workers=0,
-            )  # fmt: skip
+            refined = train_and_refine(cfg, syn, work / f"refined-{name}")
             result = {
                 "variant": name,
                 "overrides": overrides,

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from distsim.checkpoint import image_shape, load_models, resolve_checkpoint
-from distsim.config import resolve
+from distsim.config import Config, resolve
 from distsim.data import first_images
 from distsim.evaluate import plot_cumulative, train_and_test
 from distsim.pupil import pupil_shift as distance_moved
@@ -53,6 +53,16 @@ PUPIL_SAMPLE = 1000  # eyes used for the pupil-shift measurement
 def pupil_shift(synthetic: Path, refined: Path, n: int) -> dict[str, float]:
     shift = distance_moved(first_images(synthetic, n), first_images(refined, n))  # (n,)
     return {"mean": shift.mean().item(), "std": shift.std().item()}
+
+
+def train_and_refine(cfg: Config, synthetic: Path, out: Path) -> Path:
+    """Train SimGAN as configured, then refine `synthetic` into `out` with its final R."""
+    ckpt = resolve_checkpoint(training_loop(cfg))
+    refine_shards(
+        load_models(ckpt)[0].eval(), synthetic, out, checkpoint=checkpoint_info(ckpt),
+        trained_shape=image_shape(ckpt), num_workers=0,
+    )  # fmt: skip
+    return out
 
 
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
@@ -78,14 +88,7 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
             resolve(flags), seed=seed, run_dir=str(work / f"run-{variant}-s{seed}"),
             cache_dir=str(work / "cache"), progress=False, **VARIANTS[variant],
         )  # fmt: skip
-        run = training_loop(cfg)
-        ckpt = resolve_checkpoint(run)
-        refiner = load_models(ckpt)[0].eval()
-        refined = work / f"refined-{variant}-s{seed}"
-        refine_shards(
-            refiner, syn, refined, checkpoint=checkpoint_info(ckpt),
-            trained_shape=image_shape(ckpt), num_workers=0,
-        )  # fmt: skip
+        refined = train_and_refine(cfg, syn, work / f"refined-{variant}-s{seed}")
         name = "refined" if variant == "simgan" else f"refined ({variant})"
         rows[name] = estimator(refined, n)
         rows[f"{name} 4x"] = estimator(refined, 4 * n)
