@@ -208,7 +208,7 @@ def _proc_state(pid: int) -> bytes:
 def test_rank_consistency_check_names_the_tensor_that_differs(tmp_path, bad):
     script = tmp_path / "check.py"
     script.write_text(
-        "import sys, torch, torch.distributed as dist\n"
+        "import os, sys, torch, torch.distributed as dist\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from distsim.guards import check_rank_consistency\n"
         "dist.init_process_group('gloo')\n"
@@ -218,9 +218,9 @@ def test_rank_consistency_check_names_the_tensor_that_differs(tmp_path, bad):
         "    t['b.bias'] = t['b.bias'].clone(); t['b.bias'][2] += 1e-7\n"
         "try:\n"
         "    check_rank_consistency(t, dist.get_world_size())\n"
-        "    print('consistent')\n"
+        "    os.write(1, b'consistent\\n')  # one write: atomic, never interleaved\n"
         "except RuntimeError as e:\n"
-        "    print('ERROR', e)\n"
+        "    os.write(1, f'ERROR {e}\\n'.encode())\n"
         "dist.destroy_process_group()\n"
     )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
