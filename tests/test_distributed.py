@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from distsim.checkpoint import latest_checkpoint, list_checkpoints, load_state
 from distsim.models import Discriminator, Refiner
 from distsim.train import EXIT_PREEMPTED
+from tests.test_train import _scalars as scalars
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -54,12 +54,6 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
         for name in ("refiner", "discriminator")
         for k, v in load_file(ckpt / f"{name}.safetensors").items()
     }
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 FIXED = REPO / "tests" / "scripts" / "fixed_batches.py"
