@@ -16,11 +16,16 @@ Writes OUT/table.md (mean +- sd over seeds), OUT/report.json (every number),
 OUT/cumulative_error.png (mean curves over seeds, the paper's Figure 7) and, under OUT/work/,
 the runs and shard sets it made. Variants: `simgan` (the paper), `no-history` (D sees only
 current refined images) and `global` (one adversarial decision per image).
+
+Run again into the same OUT with the same settings, it reuses every row OUT/report.json holds,
+so adding a variant or a seed costs only the new rows. A report that died goes on from its
+last finished seed, and a SimGAN run it cut short resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import shlex
@@ -48,6 +53,43 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "global": {"adversarial": "global"},
 }
 PUPIL_SAMPLE = 1000  # eyes used for the pupil-shift measurement
+# Settings that change a row's number; rows made under other values are never reused.
+ROW_SETTINGS = ("preset", "simgan_flags", "train_count", "test_count", "estimator_steps",
+                "estimator_batch", "width_mult")  # fmt: skip
+
+
+def row_name(variant: str) -> str:
+    return "refined" if variant == "simgan" else f"refined ({variant})"
+
+
+def settings(args: argparse.Namespace) -> dict[str, str]:
+    # report.json stores every argument as a string, so compare in that form.
+    return {k: str(getattr(args, k)) for k in ROW_SETTINGS}
+
+
+def finished_seeds(out: Path, args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """Per-seed results an earlier report into `out` finished, if made with the same settings."""
+    path = out / "report.json"
+    if not path.is_file():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+        entries = earlier["seeds"]
+        # Reports before resume existed did not store each entry's seed; their order is --seeds.
+        order = ast.literal_eval(earlier["args"]["seeds"])
+        before = {k: earlier["args"][k] for k in ROW_SETTINGS}
+    except (ValueError, KeyError, TypeError, SyntaxError) as err:
+        raise ValueError(f"{path}: not a report this command wrote ({one_line(err)})") from err
+    changed = [k for k in ROW_SETTINGS if before[k] != settings(args)[k]]
+    if changed:
+        k = changed[0]
+        flag = "--" + k.replace("_", "-")
+        raise ValueError(
+            f"{path}: made with {flag} {before[k]!r}, not {settings(args)[k]!r}; "
+            "use another --out or the same settings"
+        )
+    tagged = ({**e, "seed": int(e.get("seed", s))} for e, s in zip(entries, order, strict=False))
+    return {e["seed"]: e for e in tagged}
 
 
 def pupil_shift(synthetic: Path, refined: Path, n: int) -> dict[str, float]:
@@ -65,7 +107,12 @@ def train_and_refine(cfg: Config, synthetic: Path, out: Path) -> Path:
     return out
 
 
-def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
+def run_seed(
+    args: argparse.Namespace, seed: int, work: Path, done: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One seed's rows; rows already in `done` (an earlier run's entry) are reused, not rerun."""
+    done_rows: dict[str, Any] = (done or {}).get("rows", {})
+    done_pupils: dict[str, Any] = (done or {}).get("pupil_shift_px", {})
     n = args.train_count
     syn = work / f"synthetic-s{seed}"
     test = work / f"real-test-s{seed}"
@@ -80,20 +127,28 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
             seed=seed, train_count=count, width_mult=args.width_mult, num_workers=0,
         )  # fmt: skip
 
-    rows: dict[str, Any] = {"synthetic": estimator(syn, n), "synthetic 4x": estimator(syn, 4 * n)}
+    rows: dict[str, Any] = {
+        name: done_rows[name] if name in done_rows else estimator(syn, count)
+        for name, count in (("synthetic", n), ("synthetic 4x", 4 * n))
+    }
     pupils: dict[str, Any] = {}
     for variant in args.variants:
+        name = row_name(variant)
+        if all(k in done_rows for k in (name, f"{name} 4x")) and name in done_pupils:
+            rows[name], rows[f"{name} 4x"] = done_rows[name], done_rows[f"{name} 4x"]
+            pupils[name] = done_pupils[name]
+            continue
         flags = ["--preset", args.preset, *shlex.split(args.simgan_flags)]
         cfg = dataclasses.replace(
             resolve(flags), seed=seed, run_dir=str(work / f"run-{variant}-s{seed}"),
-            cache_dir=str(work / "cache"), progress=False, **VARIANTS[variant],
+            cache_dir=str(work / "cache"), progress=False, resume="auto", **VARIANTS[variant],
         )  # fmt: skip
         refined = train_and_refine(cfg, syn, work / f"refined-{variant}-s{seed}")
-        name = "refined" if variant == "simgan" else f"refined ({variant})"
+        # A new SimGAN run makes a new refined set, so none of its old rows stand.
         rows[name] = estimator(refined, n)
         rows[f"{name} 4x"] = estimator(refined, 4 * n)
         pupils[name] = pupil_shift(syn, refined, min(PUPIL_SAMPLE, 4 * n))
-    return {"rows": rows, "pupil_shift_px": pupils}
+    return {"seed": seed, "rows": rows, "pupil_shift_px": pupils}
 
 
 def summarise(per_seed: list[dict[str, Any]]) -> tuple[str, dict[str, list[float]]]:
@@ -148,14 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         work = args.out / "work"
+        done = finished_seeds(args.out, args)
         work.mkdir(parents=True, exist_ok=True)
         per_seed = []
         for seed in args.seeds:
-            per_seed.append(run_seed(args, seed, work))
-            # Written after every seed: a long report that dies keeps what it finished.
+            per_seed.append(run_seed(args, seed, work, done.get(seed)))
+            # Written after every seed: a long report that dies keeps what it finished, and
+            # seeds an earlier report finished but this one was not asked for stay on record.
+            kept = [e for s, e in done.items() if s not in args.seeds]
             (args.out / "report.json").write_text(
                 json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                            "seeds": per_seed}, indent=2) + "\n"
+                            "seeds": per_seed + kept}, indent=2) + "\n"
             )  # fmt: skip
         table, curves = summarise(per_seed)
         (args.out / "table.md").write_text(table)

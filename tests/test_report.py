@@ -37,3 +37,47 @@ def test_report_runs_every_row_and_seed(tmp_path, capsys):
     for name, history, seed in (("run-simgan-s1", True, 1), ("run-no-history-s0", False, 0)):
         cfg = json.loads((out / "work" / name / "config.json").read_text())
         assert (cfg["lr_d"], cfg["k_g"], cfg["history"], cfg["seed"]) == (0.002, 1, history, seed)
+
+
+def test_report_reuses_finished_rows_and_refuses_other_settings(tmp_path, capsys):
+    out = tmp_path / "report"
+    base = ["gaze", "--out", str(out), "--preset", "smoke", "--seeds", "0",
+            "--train-count", "32", "--test-count", "32", "--estimator-steps", "2",
+            "--estimator-batch", "16", "--width-mult", "0.25"]  # fmt: skip
+    assert main([*base, "--variants", "simgan"]) == 0
+    first = json.loads((out / "report.json").read_text())["seeds"][0]
+    ckpts = out / "work" / "run-simgan-s0" / "checkpoints"
+    stamps = {p.name: p.stat().st_mtime_ns for p in ckpts.rglob("*")}
+
+    # A second variant and a second seed: the first seed's rows come back as they were
+    # (their timings too, so nothing was retrained) and its SimGAN run is left alone.
+    assert main([*base[:6], "0", "1", *base[7:], "--variants", "simgan", "global"]) == 0
+    second = {e["seed"]: e for e in json.loads((out / "report.json").read_text())["seeds"]}
+    assert set(second) == {0, 1}
+    for name in ("synthetic", "synthetic 4x", "refined", "refined 4x"):
+        assert second[0]["rows"][name] == first["rows"][name]
+    assert second[0]["pupil_shift_px"]["refined"] == first["pupil_shift_px"]["refined"]
+    assert set(second[0]["rows"]) >= {"refined (global)", "refined (global) 4x"}
+    assert {p.name: p.stat().st_mtime_ns for p in ckpts.rglob("*")} == stamps
+    table = (out / "table.md").read_text()
+    assert "refined (global) 4x" in table and "2 seed(s)" in table
+
+    # A report that died after the global run finished but before its rows were written:
+    # the finished run is resumed (no new training) and its rows are made again.
+    report = json.loads((out / "report.json").read_text())
+    for entry in report["seeds"]:
+        for name in ("refined (global)", "refined (global) 4x"):
+            del entry["rows"][name]
+        del entry["pupil_shift_px"]["refined (global)"]
+    (out / "report.json").write_text(json.dumps(report))
+    capsys.readouterr()
+    assert main([*base, "--variants", "simgan", "global"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    again = {e["seed"]: e for e in json.loads((out / "report.json").read_text())["seeds"]}
+    assert "refined (global)" in again[0]["rows"] and set(again) == {0, 1}
+
+    # Rows made with other settings are never mixed in.
+    assert main([*base[:-1], "0.5", "--variants", "simgan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distsim.report: error: ") and "report.json" in err
+    assert "--width-mult '0.25', not '0.5'" in err and "\n" not in err
