@@ -29,6 +29,7 @@ Decoding never unpickles: every ``.npy`` member is loaded with ``allow_pickle=Fa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -299,6 +300,11 @@ class BatchStream(_ShardStream):
     Skip mode: a block that fails to decode is counted (``skipped_blocks``, ``skipped_images``,
     once per worker), never read again by that worker, and its draw is replaced by the chunk's
     next draw, so chunks stay deterministic (for a given set of bad blocks) and resume exactly.
+
+    ``max_images=n`` draws from the first n (readable) images of the set only, in manifest
+    order, e.g. a gaze estimator trained on N and on 4N images of one set. The block holding
+    the n-th image is cut after it; blocks are still drawn uniformly, so the cut block's images
+    come exactly as often as any other.
     """
 
     def __init__(
@@ -315,6 +321,7 @@ class BatchStream(_ShardStream):
         on_error: OnError = "raise",
         verify: bool = False,
         start: int = 0,
+        max_images: int | None = None,
     ) -> None:
         if shuffle_buffer < 0:
             raise ValueError(f"need shuffle_buffer >= 0, got {shuffle_buffer}")
@@ -325,8 +332,29 @@ class BatchStream(_ShardStream):
         )
         self.shuffle_buffer = shuffle_buffer
         self.start = int(start)
+        if max_images is not None:
+            self._keep_first(max_images)
         blocks_images = shuffle_buffer * manifest.block_size
         self.batches_per_chunk = max(1, -(-blocks_images // batch_size))  # exact ceil
+
+    def _keep_first(self, n: int) -> None:
+        if not 1 <= n <= self.num_images:
+            raise ValueError(
+                f"{self.directory}: max_images {n}, but the set has {self.num_images} images"
+            )
+        keep = int(np.searchsorted(self._ends, n, "left")) + 1  # blocks holding them
+        before = int(self._ends[keep - 2]) if keep > 1 else 0
+        last = dataclasses.replace(self.blocks[keep - 1], count=n - before)
+        self.blocks = [*self.blocks[: keep - 1], last]
+        self._counts = np.array([b.count for b in self.blocks], np.int64)  # (blocks,)
+        self._ends = np.cumsum(self._counts)  # (blocks,)
+
+    def _read(self, ref: BlockRef) -> Arrays | None:
+        part = super()._read(ref)
+        if part is not None and len(part[0]) > ref.count:  # the block max_images cuts
+            images, labels = part
+            return images[: ref.count], {k: v[: ref.count] for k, v in labels.items()}
+        return part
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker = get_worker_info()
@@ -646,6 +674,7 @@ def make_loader(
     on_error: OnError = "raise",
     verify: bool = False,
     start: int = 0,
+    max_images: int | None = None,
 ) -> ShardLoader:
     """A DataLoader over ``BatchStream``; batches are already formed, so batch_size=None.
 
@@ -653,7 +682,7 @@ def make_loader(
     (0-based) on, given the same other arguments, ``num_workers`` included (the order depends
     on it), without reading the s batches before: resume a run at the batch it stopped at.
     Each ``iter(loader)`` starts again at ``start``. ``loader.dataset.skipped_shards`` lists
-    shards dropped under ``on_error="skip"``.
+    shards dropped under ``on_error="skip"``. ``max_images=n``: only the set's first n images.
     """
     manifest = open_shards(directory, on_error=on_error)
     stream = BatchStream(
@@ -668,6 +697,7 @@ def make_loader(
         on_error=on_error,
         verify=verify,
         start=start,
+        max_images=max_images,
     )
     return ShardLoader(
         stream,

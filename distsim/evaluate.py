@@ -31,7 +31,6 @@ Choices the paper leaves open, and ours:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import platform
@@ -41,7 +40,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -75,35 +73,6 @@ def open_gaze_shards(directory: str | Path) -> Manifest:
     return manifest
 
 
-class FirstImagesStream(data.BatchStream):
-    """``BatchStream`` over only the first ``limit`` images of the set, in manifest order.
-
-    For the paper's "4x more data" rows: a run on N images and one on 4N from the same set.
-    (Trims the block index built by ``BatchStream``; a ``max_images`` argument in
-    ``distsim.data`` would make this subclass unnecessary.)
-    """
-
-    def __init__(self, *args: Any, limit: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if not 1 <= limit <= self.num_images:
-            raise ValueError(
-                f"{self.directory}: --train-count {limit} but the set has {self.num_images} images"
-            )
-        keep = int(np.searchsorted(self._ends, limit, "left")) + 1  # blocks holding them
-        before = int(self._ends[keep - 2]) if keep > 1 else 0
-        last = dataclasses.replace(self.blocks[keep - 1], count=limit - before)
-        self.blocks = [*self.blocks[: keep - 1], last]
-        self._counts = np.array([b.count for b in self.blocks], np.int64)  # (blocks,)
-        self._ends = np.cumsum(self._counts)  # (blocks,)
-
-    def _read(self, ref: data.BlockRef) -> data.Arrays | None:
-        part = super()._read(ref)
-        if part is not None and len(part[0]) > ref.count:  # the trimmed last block
-            images, labels = part
-            return images[: ref.count], {k: v[: ref.count] for k, v in labels.items()}
-        return part
-
-
 def make_train_loader(
     directory: str | Path,
     batch_size: int,
@@ -114,18 +83,10 @@ def make_train_loader(
     train_count: int | None = None,
 ) -> data.ShardLoader:
     """Infinite gaze batches, from every image or only the first ``train_count``."""
-    if train_count is None:
-        return data.make_loader(
-            directory, batch_size, rank, world_size, seed, num_workers, labels=(LABEL,)
-        )
-    manifest = data.open_shards(directory)
-    stream = FirstImagesStream(
-        directory, manifest, batch_size, rank, world_size, seed, (LABEL,), limit=train_count,
-        on_error="raise", verify=False,
+    return data.make_loader(
+        directory, batch_size, rank, world_size, seed, num_workers, labels=(LABEL,),
+        max_images=train_count,
     )  # fmt: skip
-    return data.ShardLoader(
-        stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0
-    )
 
 
 def steps_for_epochs(epochs: float, num_images: int, batch_size: int, world_size: int) -> int:

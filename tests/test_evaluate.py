@@ -14,8 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from distsim.data import make_epoch_loader
-from distsim.evaluate import FirstImagesStream, main, plot_cumulative, train_and_test
+from distsim.data import BatchStream, make_epoch_loader
+from distsim.evaluate import main, plot_cumulative, train_and_test
 from shards.cli import main as shards_main
 from shards.format import read_manifest
 from shards.writer import ShardSetWriter
@@ -116,17 +116,26 @@ def test_train_count_draws_only_the_first_images(sets: dict[str, Path]) -> None:
     # Labels in set order, to recognise which images a batch came from.
     loader = make_epoch_loader(sets["real"], 600, 0, 1, 0, 0, labels=("gaze",), shuffle=False)
     gaze = next(iter(loader))["gaze"].numpy()  # (600, 3)
-    stream = FirstImagesStream(
-        sets["real"], read_manifest(sets["real"]), 64, 0, 1, 0, ("gaze",), limit=300
+    stream = BatchStream(
+        sets["real"], read_manifest(sets["real"]), 64, 0, 1, 0, ("gaze",), max_images=300
     )
     assert stream.num_images == 300
-    seen = np.concatenate([b["gaze"].numpy() for _, b in zip(range(20), stream, strict=False)])
-    first = {row.tobytes() for row in gaze[:300]}
-    assert all(row.tobytes() in first for row in seen)
-    assert len({row.tobytes() for row in seen}) > 250  # and from all of them (1280 draws)
-    with pytest.raises(ValueError, match="--train-count 601"):
-        FirstImagesStream(
-            sets["real"], read_manifest(sets["real"]), 64, 0, 1, 0, ("gaze",), limit=601
+    blocks = [b.count for b in stream.blocks]
+    assert sum(blocks) == 300 and blocks[-1] < read_manifest(sets["real"]).block_size
+    seen = np.concatenate([b["gaze"].numpy() for _, b in zip(range(6000), stream, strict=False)])
+    index = {row.tobytes(): i for i, row in enumerate(gaze[:300])}
+    assert all(row.tobytes() in index for row in seen)
+    counts = np.bincount([index[row.tobytes()] for row in seen], minlength=300)  # (300,)
+    assert counts.min() > 0
+    # Blocks are drawn uniformly, so the images of the cut last block come as often as the
+    # others (drawing by size would give them blocks[-1] / block_size as often; by the number
+    # of blocks, never more).
+    cut = counts[300 - blocks[-1] :].mean()
+    whole = counts[: 300 - blocks[-1]].mean()
+    assert 0.9 < cut / whole < 1.1, (cut, whole)
+    with pytest.raises(ValueError, match="max_images 601, but the set has 600 images"):
+        BatchStream(
+            sets["real"], read_manifest(sets["real"]), 64, 0, 1, 0, ("gaze",), max_images=601
         )
 
 
