@@ -83,3 +83,12 @@ def self_regularization_loss(
 def patch_accuracy(logits: torch.Tensor, target: int) -> torch.Tensor:
     """Fraction of patches D classifies as `target`: (B, 2, h, w) -> (B,)."""
     return (logits.argmax(dim=1) == target).float().flatten(1).mean(dim=1)  # (B,)
+
+
+def saturated_fraction(images: torch.Tensor, margin: float = 0.01) -> torch.Tensor:
+    """Fraction of pixels within `margin` of -1 or 1, tanh's limits: (B, C, H, W) -> ().
+
+    A refiner whose output sits there has a vanishing tanh gradient and seldom recovers, so a
+    high value is a collapsed run, not a converging one.
+    """
+    return (images.detach().abs() > 1 - margin).float().mean()

@@ -59,6 +59,7 @@ from distsim.losses import (
     global_logits,
     local_adversarial_loss,
     patch_accuracy,
+    saturated_fraction,
     self_regularization_loss,
 )
 from distsim.models import REAL, REFINED, GaussianBlur
@@ -220,6 +221,9 @@ Streams = Callable[[int, int, int, int], tuple[Iterator[torch.Tensor], Iterator[
 # Exit status of a run stopped by SIGTERM/SIGUSR1 after saving: not 0 (the run is not done),
 # and distinct from errors (1, 2), so scripts can tell "resume me" from "broken".
 EXIT_PREEMPTED = 3
+# Warn when more than this fraction of refined pixels sits at tanh's limits over a log
+# interval. Eyes have almost none there (0.02% of real ones); a collapsed refiner has all.
+SATURATION_WARNING = 0.5
 
 
 def history_dtype(accelerator: Accelerator) -> torch.dtype:
@@ -412,7 +416,10 @@ def training_loop(
         if d_before is not None and not torch.equal(d_before, d_checksum()):
             raise RuntimeError(f"rank {rank}: a refiner step changed D at step {counters.step}")
         extra = {"r_adv": adv} if adversarial else {}
-        meter.add(counters.step + 1, r_reg=reg, r_loss=loss, **extra)
+        meter.add(
+            counters.step + 1, r_reg=reg, r_loss=loss, r_saturated=saturated_fraction(refined),
+            **extra,
+        )  # fmt: skip
 
     def discriminator_step() -> None:
         syn = next(syn_batches)
@@ -511,6 +518,22 @@ def training_loop(
         accelerator.wait_for_everyone()
         return path
 
+    warned_saturation = [False]
+
+    def warn_if_saturated(step: int, stats: dict[str, float]) -> None:
+        fraction = stats.get("r_saturated", 0.0)
+        if fraction <= SATURATION_WARNING or warned_saturation[0]:
+            return
+        warned_saturation[0] = True  # once: a collapsed run stays collapsed
+        if accelerator.is_main_process:
+            print(
+                f"distsim.train: warning: step {step}: {100 * fraction:.0f}% of refined pixels "
+                "are at -1 or 1, so the refiner's tanh has saturated and its gradients vanish; "
+                f"it seldom recovers (see {run_dir / 'images'}). A lower --lr-d or --lr-r may "
+                "help.",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+
     def log_scalars(step: int, phase: str, stats: dict[str, float], since: Counters) -> None:
         if cfg.on_bad_shard == "skip":
             counts = [skipped[d][k] for d in sorted(skipped) for k in sorted(skipped[d])]
@@ -576,6 +599,7 @@ def training_loop(
                 check_finite(step)
                 stats = meter.pop(accelerator)
                 log_scalars(step, phase, stats, last_log)
+                warn_if_saturated(step, stats)
                 last_log = dataclasses.replace(counters)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
                 bar.set_description(phase)
