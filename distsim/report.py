@@ -80,12 +80,13 @@ def finished_seeds(out: Path, args: argparse.Namespace) -> dict[int, dict[str, A
         before = {k: earlier["args"][k] for k in ROW_SETTINGS}
     except (ValueError, KeyError, TypeError, SyntaxError) as err:
         raise ValueError(f"{path}: not a report this command wrote ({one_line(err)})") from err
-    changed = [k for k in ROW_SETTINGS if before[k] != settings(args)[k]]
+    now = settings(args)
+    changed = [k for k in ROW_SETTINGS if before[k] != now[k]]
     if changed:
         k = changed[0]
         flag = "--" + k.replace("_", "-")
         raise ValueError(
-            f"{path}: made with {flag} {before[k]!r}, not {settings(args)[k]!r}; "
+            f"{path}: made with {flag} {before[k]!r}, not {now[k]!r}; "
             "use another --out or the same settings"
         )
     tagged = ({**e, "seed": int(e.get("seed", s))} for e, s in zip(entries, order, strict=False))
@@ -205,16 +206,22 @@ def main(argv: list[str] | None = None) -> int:
         work = args.out / "work"
         done = finished_seeds(args.out, args)
         work.mkdir(parents=True, exist_ok=True)
-        per_seed = []
-        for seed in args.seeds:
-            per_seed.append(run_seed(args, seed, work, done.get(seed)))
-            # Written after every seed: a long report that dies keeps what it finished, and
-            # seeds an earlier report finished but this one was not asked for stay on record.
-            kept = [e for s, e in done.items() if s not in args.seeds]
+        results = dict(done)  # seed -> entry; seeds this report was not asked for stay on record
+
+        def save() -> None:
             (args.out / "report.json").write_text(
                 json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                            "seeds": per_seed + kept}, indent=2) + "\n"
+                            "seeds": list(results.values())}, indent=2) + "\n"
             )  # fmt: skip
+
+        # Saved before the first run starts, so the settings guard OUT/work even when this
+        # report dies before finishing a seed, then after every seed, so that it keeps what
+        # it finished.
+        save()
+        for seed in args.seeds:
+            results[seed] = run_seed(args, seed, work, done.get(seed))
+            save()
+        per_seed = [results[seed] for seed in args.seeds]
         table, curves = summarise(per_seed)
         (args.out / "table.md").write_text(table)
         plot_cumulative(curves, args.out / "cumulative_error.png",

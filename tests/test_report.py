@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from PIL import Image
 
 from distsim.report import main
@@ -81,3 +82,24 @@ def test_report_reuses_finished_rows_and_refuses_other_settings(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("distsim.report: error: ") and "report.json" in err
     assert "--width-mult '0.25', not '0.5'" in err and "\n" not in err
+
+
+def test_report_that_dies_before_a_seed_still_guards_its_work(tmp_path, monkeypatch, capsys):
+    import distsim.report as report
+
+    out = tmp_path / "report"
+    base = ["gaze", "--out", str(out), "--preset", "smoke", "--seeds", "0",
+            "--train-count", "32", "--test-count", "32", "--estimator-steps", "2"]  # fmt: skip
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt  # as a user's Ctrl-C in the middle of the first SimGAN run
+
+    monkeypatch.setattr(report, "run_seed", dies)
+    with pytest.raises(KeyboardInterrupt):
+        main([*base, "--width-mult", "0.25"])
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["seeds"] == [] and saved["args"]["width_mult"] == "0.25"
+    monkeypatch.undo()
+    # Its half-made runs in OUT/work are not resumed under other settings.
+    assert main([*base, "--width-mult", "0.5"]) == 2
+    assert "--width-mult '0.25', not '0.5'" in capsys.readouterr().err
