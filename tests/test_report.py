@@ -103,3 +103,15 @@ def test_report_that_dies_before_a_seed_still_guards_its_work(tmp_path, monkeypa
     # Its half-made runs in OUT/work are not resumed under other settings.
     assert main([*base, "--width-mult", "0.5"]) == 2
     assert "--width-mult '0.25', not '0.5'" in capsys.readouterr().err
+
+
+def test_report_refuses_an_out_whose_report_json_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    for text in ("{not json", '{"seeds": []}'):
+        (out / "report.json").write_text(text)
+        assert main(["gaze", "--out", str(out), "--seeds", "0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("distsim.report: error: ")
+        assert f"{out / 'report.json'}: not a report this command wrote" in err
+    assert not (out / "work").exists()  # refused before making anything
