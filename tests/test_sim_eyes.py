@@ -110,9 +110,10 @@ def test_pupil_moves_with_gaze_as_documented(samples: dict) -> None:
     assert np.median(dark[yaw > 0.3, 0]) < np.median(dark[yaw < -0.3, 0]) - 6
 
 
-def test_real_pupil_label_roughly_matches(samples: dict) -> None:
+@pytest.mark.parametrize("domain", eyes.REAL_DOMAINS)
+def test_real_pupil_label_roughly_matches(domain: str, samples: dict) -> None:
     # Noise and blur make the darkest pixels scattered; a blurred image still puts them nearby.
-    s = samples["real"]
+    s = samples[domain]
     smooth = gaussian_filter(s["image"].astype(np.float32), sigma=(0, 1.5, 1.5))
     err = np.linalg.norm(_dark_centroid(smooth, delta=8) - s["pupil"], axis=1)
     assert np.median(err) < 1.5
@@ -141,9 +142,60 @@ def test_domains_differ_in_appearance(samples: dict) -> None:
 
 def test_domains_differ_in_gaze(samples: dict) -> None:
     py_syn = np.degrees(samples["synthetic"]["pitchyaw"])
-    py_real = np.degrees(samples["real"]["pitchyaw"])
-    # Synthetic: U(+-25) / U(+-35) deg (std 14.4 / 20.2). Real: N(-5, 10) / N(0, 15), clipped.
+    # Synthetic: U(+-25) / U(+-35) deg (std 14.4 / 20.2).
     np.testing.assert_allclose(py_syn.std(axis=0), [14.4, 20.2], rtol=0.1)
-    np.testing.assert_allclose(py_real.std(axis=0), [10.0, 15.0], rtol=0.1)
-    np.testing.assert_allclose(py_real.mean(axis=0), [-5.0, 0.0], atol=1.5)
     assert abs(py_syn[:, 0].mean()) < 2.0
+    # Real domains: normal (pitch, yaw), clipped to the synthetic range (which barely matters).
+    want = {
+        "real": ([-5.0, 0.0], [10.0, 15.0]),
+        "real-lit": ([-10.0, 5.0], [8.0, 14.0]),
+        "real-ir": ([0.0, -3.0], [12.0, 18.0]),
+    }
+    assert set(want) == set(eyes.REAL_DOMAINS)
+    for domain, (mean, sd) in want.items():
+        py = np.degrees(samples[domain]["pitchyaw"])
+        np.testing.assert_allclose(py.mean(axis=0), mean, atol=1.5, err_msg=domain)
+        np.testing.assert_allclose(py.std(axis=0), sd, rtol=0.12, err_msg=domain)
+
+
+def _appearance(images: np.ndarray) -> dict[str, float]:
+    x = images.astype(np.float32)
+    return {
+        "mean": float(x.mean()),
+        "noise": float(np.median(_noise_level(images))),
+        "corner": float(np.median(x[:, :5, :8].std(axis=(1, 2)))),
+        # Left-right and top-bottom brightness differences: directional light.
+        "tilt": float(np.median(np.abs(x[:, :, :10].mean((1, 2)) - x[:, :, -10:].mean((1, 2))))),
+    }
+
+
+def test_each_real_domain_is_made_differently(samples: dict) -> None:
+    syn = _appearance(samples["synthetic"]["image"])
+    lit = _appearance(samples["real-lit"]["image"])
+    ir = _appearance(samples["real-ir"]["image"])
+    real = _appearance(samples["real"]["image"])
+    # real-lit: a low-light webcam, the noisiest domain, with strong directional light.
+    assert lit["noise"] > real["noise"] > 2 * syn["noise"]
+    assert lit["tilt"] > 20 * syn["tilt"]
+    # real-ir: smooth skin and little sensor noise (JPEG removes fine detail), unlike both.
+    assert ir["noise"] < syn["noise"] < real["noise"]
+    # Pupils are black in the infrared: the darkest pixel near the label is near 0.
+    img, pupil = samples["real-ir"]["image"], np.rint(samples["real-ir"]["pupil"]).astype(int)
+    near = [im[y - 1 : y + 2, x - 1 : x + 2].min() for im, (x, y) in zip(img, pupil, strict=True)]
+    assert np.median(near) < 25
+
+
+def test_jpeg_compresses_at_the_quality_asked() -> None:
+    img = eyes.generate("synthetic", 8, 0)["image"].astype(np.float32) / 255.0  # (8, 35, 55)
+    phase = np.zeros((8, 2), np.int64)
+    fine = eyes._jpeg(img, np.full(8, 95), phase)
+    coarse = eyes._jpeg(img, np.full(8, 10), phase)
+    assert fine.shape == img.shape and fine.dtype == np.float32
+    assert np.abs(fine - img).mean() < 1.5 / 255
+    assert np.abs(coarse - img).mean() > 2 * np.abs(fine - img).mean()
+
+
+def test_shards_source_lists_every_domain() -> None:
+    from shards.sources import sim_eyes
+
+    assert sim_eyes._DOMAINS == eyes.DOMAINS

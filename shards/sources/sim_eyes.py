@@ -28,6 +28,9 @@ LABELS = {
 # Samples per task: a multiple of the simulator's own block size (256), so no block is rendered
 # twice at task edges, and small enough to keep two workers busy on a few thousand images.
 _CHUNK = 2048
+# The simulator's domains, spelled out so that building the parser imports no simulator;
+# tests check that they match distsim.sim.eyes.DOMAINS.
+_DOMAINS = ("synthetic", "real", "real-lit", "real-ir")
 
 
 def _render(task: tuple[str, int, int, int]) -> Batch:
@@ -58,7 +61,7 @@ def convert_sim_eyes(
     size = shard_size if isinstance(shard_size, ShardSize) else ShardSize(images=shard_size)
     output = Output(Path(out_dir), size, block_size, workers, None, progress)
     tasks = [(domain, seed, s, min(_CHUNK, count - s)) for s in range(0, count, _CHUNK)]
-    real = domain == "real"
+    real = domain != "synthetic"
     return write_tasks(
         output,
         _render,
@@ -82,9 +85,11 @@ def add_parser(sources: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--domain",
-        choices=("synthetic", "real"),
+        choices=_DOMAINS,
         required=True,
-        help="synthetic (labelled) or real (labels for evaluation only)",
+        help="synthetic (labelled), or one of the real domains (labels for evaluation only): "
+        "real (camera response), real-lit (directional light, low-light noise, blur), "
+        "real-ir (near-infrared, JPEG)",
     )
     p.add_argument("--count", type=positive_int, required=True, help="number of images")
     p.add_argument("--seed", type=non_negative_int, default=0, help="stream seed (default 0)")
