@@ -110,9 +110,17 @@ def _log(rank: int, text: str, progress: bool = True) -> None:
         print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
 
-def train_and_test(
+def train_and_test(train_dir: str | Path, test_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Train a ``GazeEstimator`` on ``train_dir``'s gaze labels, test it on ``test_dir``'s.
+
+    The report written to metrics.json; see ``train_and_test_many`` for the arguments.
+    """
+    return train_and_test_many(train_dir, [test_dir], **kwargs)[0]
+
+
+def train_and_test_many(
     train_dir: str | Path,
-    test_dir: str | Path,
+    test_dirs: Sequence[str | Path],
     *,
     rank: int = 0,
     world_size: int = 1,
@@ -131,14 +139,17 @@ def train_and_test(
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
     log_every: int = 100,
     progress: bool = False,
-) -> dict[str, Any]:
-    """Train a ``GazeEstimator`` on ``train_dir``'s gaze labels, test it on ``test_dir``'s.
+) -> list[dict[str, Any]]:
+    """Train one ``GazeEstimator`` on ``train_dir``'s gaze labels and test it on each of
+    ``test_dirs`` (one training, one report per test set: the synthetic baseline of several
+    real domains costs one training).
 
     Give exactly one of ``steps`` (0 tests the untrained estimator) and ``epochs``. Each of
     ``world_size`` ranks calls this with its ``rank``; with a process group initialised, the
     metrics and the logged loss are reduced over it. ``wrap_model`` (e.g. Accelerate's
     ``prepare_model``) wraps the estimator for training, for DDP; testing uses the bare model.
-    ``batch_size`` is per rank. Returns the report written to metrics.json (same on all ranks).
+    ``batch_size`` is per rank. Returns the reports written to metrics.json (same on all
+    ranks), in the order of ``test_dirs``.
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -152,8 +163,10 @@ def train_and_test(
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if (steps is not None and steps < 0) or (epochs is not None and not epochs > 0):
         raise ValueError(f"need steps >= 0 or epochs > 0, got steps={steps}, epochs={epochs}")
+    if not test_dirs:
+        raise ValueError("give at least one test set")
     train_manifest = open_gaze_shards(train_dir)
-    test_manifest = open_gaze_shards(test_dir)
+    test_manifests = [open_gaze_shards(d) for d in test_dirs]
     if train_manifest.labels_for_evaluation_only:
         # Allowed: the paper's "real" rows train on real eyes as the upper bound a refiner
         # is measured against. But it is not a sim-to-real result, so say so.
@@ -215,12 +228,77 @@ def train_and_test(
             bar.close()
     train_seconds = time.perf_counter() - train_started
 
-    test_started = time.perf_counter()
     model.eval()
+    reports = []
+    for test_dir, test_manifest in zip(test_dirs, test_manifests, strict=True):
+        test_started = time.perf_counter()
+        error, pct, tested, within_thresholds = _test(
+            model, test_dir, rank=rank, world_size=world_size, device=device, seed=seed,
+            batch_size=test_batch_size or batch_size, num_workers=num_workers,
+            thresholds=thresholds,
+        )  # fmt: skip
+        test_seconds = time.perf_counter() - test_started
+        by_threshold = dict(zip(within_thresholds, pct, strict=True))
+        reports.append({
+            "task": "gaze",
+            "mean_angular_error_deg": error,
+            "thresholds_deg": [int(t) if t.is_integer() else t for t in within_thresholds],
+            "within_pct": pct,
+            "within_7deg_pct": by_threshold.get(7.0),  # the paper's Table 2 number
+            "train_dir": str(train_dir),
+            "test_dir": str(test_dir),
+            "train_labels_for_evaluation_only": train_manifest.labels_for_evaluation_only,
+            "test_source": test_manifest.source,
+            "counts": {
+                "train_images_in_set": available,
+                "train_images_used": used,
+                "train_images_drawn": steps * batch_size * world_size,
+                "test_images": tested,
+            },
+            "config": {
+                "steps": steps,
+                "epochs": epochs,
+                "batch_size_per_rank": batch_size,
+                "global_batch_size": batch_size * world_size,
+                "lr": lr,
+                "optimizer": optimizer,
+                "seed": seed,
+                "width_mult": width_mult,
+                "train_count": train_count,
+                "num_workers": num_workers,
+                "world_size": world_size,
+                "device": device.type,
+                "loss": "mean over batch of ||pred - unit gaze||^2",
+            },
+            "train_loss": losses,
+            "seconds": {
+                "train": train_seconds,
+                "test": test_seconds,
+                "total": time.perf_counter() - started,
+            },
+            "machine": {"platform": platform.platform(), "torch": torch.__version__},
+        })  # fmt: skip
+    return reports
+
+
+def _test(
+    model: nn.Module,
+    test_dir: str | Path,
+    *,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    seed: int,
+    batch_size: int,
+    num_workers: int,
+    thresholds: Sequence[float],
+) -> tuple[float, list[float], int, tuple[float, ...]]:
+    """(mean error, % within each threshold, images tested, thresholds) of ``model`` on every
+    image of ``test_dir`` exactly once over all ranks."""
     mean_error = MeanAngularError().to(device)
     within = WithinAngle(thresholds).to(device)
     test_loader = data.make_epoch_loader(
-        test_dir, test_batch_size or batch_size, rank, world_size, seed, num_workers,
+        test_dir, batch_size, rank, world_size, seed, num_workers,
         labels=(LABEL,), shuffle=False, remainder="split",
     )  # fmt: skip
     with test_loader, torch.no_grad():
@@ -235,48 +313,7 @@ def train_and_test(
     pct = [float(v) for v in within.compute().tolist()]
     with mean_error.sync_context():
         tested = int(mean_error.count)
-    test_seconds = time.perf_counter() - test_started
-
-    by_threshold = dict(zip(within.thresholds, pct, strict=True))
-    return {
-        "task": "gaze",
-        "mean_angular_error_deg": error,
-        "thresholds_deg": [int(t) if t.is_integer() else t for t in within.thresholds],
-        "within_pct": pct,
-        "within_7deg_pct": by_threshold.get(7.0),  # the paper's Table 2 number
-        "train_dir": str(train_dir),
-        "test_dir": str(test_dir),
-        "train_labels_for_evaluation_only": train_manifest.labels_for_evaluation_only,
-        "test_source": test_manifest.source,
-        "counts": {
-            "train_images_in_set": available,
-            "train_images_used": used,
-            "train_images_drawn": steps * batch_size * world_size,
-            "test_images": tested,
-        },
-        "config": {
-            "steps": steps,
-            "epochs": epochs,
-            "batch_size_per_rank": batch_size,
-            "global_batch_size": batch_size * world_size,
-            "lr": lr,
-            "optimizer": optimizer,
-            "seed": seed,
-            "width_mult": width_mult,
-            "train_count": train_count,
-            "num_workers": num_workers,
-            "world_size": world_size,
-            "device": device.type,
-            "loss": "mean over batch of ||pred - unit gaze||^2",
-        },
-        "train_loss": losses,
-        "seconds": {
-            "train": train_seconds,
-            "test": test_seconds,
-            "total": time.perf_counter() - started,
-        },
-        "machine": {"platform": platform.platform(), "torch": torch.__version__},
-    }
+    return error, pct, tested, tuple(within.thresholds)
 
 
 # --- reporting ------------------------------------------------------------------------------
