@@ -2,6 +2,7 @@
 
     RUN_DIR/checkpoints/step-00000500/
         refiner.safetensors  discriminator.safetensors   weights, loadable without torch.load
+        refiner_ema.safetensors                           the refiner's weight average, if any
         state.pt                                          optimisers, scaler, history buffer,
                                                           counters, every rank's RNG states
         config.json                                       the resolved run config
@@ -44,11 +45,16 @@ def save_checkpoint(
     config: Config,
     image_shape: tuple[int, ...],
     keep: int = 0,
+    refiner_ema: nn.Module | None = None,
+    realism: dict[str, float] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically and keep only the newest `keep` (0: keep all).
+    """Write checkpoint `step` atomically and keep only the newest `keep` (0: keep all), and
+    the one with the best realism score (``distsim.realism.select_checkpoint``), which
+    ``refine --checkpoint best`` takes.
 
     `image_shape` (C, H, W) of the training images goes into meta.json, so tools that load
-    the refiner (refine, evaluate) can check their input without reading the training data.
+    the refiner (refine, evaluate) can check their input without reading the training data;
+    so do the realism scores of this checkpoint's refiner, when the run measured them.
     """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -60,17 +66,44 @@ def save_checkpoint(
     tmp.mkdir()
     save_file(_contiguous(refiner.state_dict()), tmp / "refiner.safetensors")
     save_file(_contiguous(discriminator.state_dict()), tmp / "discriminator.safetensors")
+    if refiner_ema is not None:
+        save_file(_contiguous(refiner_ema.state_dict()), tmp / "refiner_ema.safetensors")
     torch.save(state, tmp / "state.pt")
     (tmp / "config.json").write_text(config.to_json())
-    meta = {"step": step, "image_shape": [int(v) for v in image_shape]}
+    meta: dict[str, Any] = {"step": step, "image_shape": [int(v) for v in image_shape]}
+    if realism is not None:
+        meta["realism"] = realism
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     if keep > 0:
+        best = best_checkpoint(run_dir)
         for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old)
+            if old != best:
+                shutil.rmtree(old)
     return final
+
+
+def realism_scores(run_dir: str | Path) -> dict[str, dict[str, float]]:
+    """{checkpoint name: its realism scores} for the run's checkpoints that have them."""
+    scores = {}
+    for ckpt in list_checkpoints(run_dir):
+        try:
+            meta = read_json(ckpt / "meta.json")
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("realism"), dict):
+            scores[ckpt.name] = meta["realism"]
+    return scores
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint ``distsim.realism.select_checkpoint`` picks, or None if none is scored."""
+    from distsim.realism import select_checkpoint
+
+    name = select_checkpoint(realism_scores(run_dir))
+    return checkpoint_root(run_dir) / name if name is not None else None
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -104,12 +137,15 @@ def image_shape(path: str | Path) -> tuple[int, int, int]:
     return int(c), int(h), int(w)
 
 
-def load_models(path: str | Path) -> tuple[Refiner, Discriminator, Config]:
-    """Rebuild R and D from a checkpoint's own config and load their weights (on the CPU)."""
+def load_models(path: str | Path, *, ema: bool = False) -> tuple[Refiner, Discriminator, Config]:
+    """Rebuild R and D from a checkpoint's own config and load their weights (on the CPU).
+    With `ema`, R gets the weight average when the checkpoint has one."""
     ckpt = resolve_checkpoint(path)
     cfg = load_config(ckpt / "config.json")
     refiner, discriminator = build_models(cfg, image_shape(ckpt)[0])
     load_weights(ckpt, refiner, discriminator)
+    if ema and has_ema(ckpt):
+        load_weights(ckpt, refiner, None, refiner_file="refiner_ema")
     return refiner, discriminator, cfg
 
 
@@ -156,14 +192,30 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
-def load_weights(path: str | Path, refiner: nn.Module, discriminator: nn.Module) -> None:
+def load_weights(
+    path: str | Path,
+    refiner: nn.Module | None,
+    discriminator: nn.Module | None,
+    *,
+    refiner_file: str = "refiner",
+) -> None:
+    """Load a checkpoint's weights into the models given; `refiner_file` "refiner_ema" loads
+    the refiner's weight average instead of its last weights."""
     ckpt = resolve_checkpoint(path)
-    refiner.load_state_dict(load_file(ckpt / "refiner.safetensors"))
-    discriminator.load_state_dict(load_file(ckpt / "discriminator.safetensors"))
+    if refiner is not None:
+        refiner.load_state_dict(load_file(ckpt / f"{refiner_file}.safetensors"))
+    if discriminator is not None:
+        discriminator.load_state_dict(load_file(ckpt / "discriminator.safetensors"))
+
+
+def has_ema(path: str | Path) -> bool:
+    return (resolve_checkpoint(path) / "refiner_ema.safetensors").is_file()
 
 
 def build_models(cfg: Config, channels: int) -> tuple[Refiner, Discriminator]:
-    refiner = Refiner(channels, cfg.refiner_width, cfg.refiner_blocks, cfg.refiner_kernel)
+    refiner = Refiner(
+        channels, cfg.refiner_width, cfg.refiner_blocks, cfg.refiner_kernel, cfg.refiner_noise
+    )
     discriminator = Discriminator(channels, cfg.disc_widths, cfg.disc_arch)
     return refiner, discriminator
 

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The built-in simulator's real domains (distsim.sim.eyes.REAL_DOMAINS, checked by a test):
+# spelled out so that reading a config never imports the simulator.
+REAL_DOMAINS = ("real", "real-lit", "real-ir")
+
 
 @dataclass
 class Config:
@@ -32,6 +36,8 @@ class Config:
     real: str = ""
     builtin_count: int = 20_000  # images per built-in domain
     builtin_seed: int = 0
+    # The built-in "real" domain trained against (distsim.sim.eyes.REAL_DOMAINS).
+    builtin_real: str = "real"
     cache_dir: str = ""  # empty: $DISTSIM_CACHE or ~/.cache/distsim
     num_workers: int = 1  # loader processes per rank
     # A corrupt or truncated shard: "raise" stops with its name; "skip" drops it, warns, and
@@ -42,6 +48,10 @@ class Config:
     refiner_width: int = 64
     refiner_blocks: int = 4
     refiner_kernel: int = 3
+    # Channels of per-pixel Gaussian noise fed to R beside the image (0: none, the paper). A
+    # refiner is otherwise a deterministic function of its input and cannot make per-image
+    # random sensor noise; see models.Refiner.
+    refiner_noise: int = 0
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)
     # Feature transform for self-regularisation: identity (the paper, grey) | channel_mean (the
@@ -79,6 +89,16 @@ class Config:
     # "local": a real/refined decision per patch (the paper); "global": one per image (ablation).
     adversarial: str = "local"
     history_size: int = 6400  # B slots, global across ranks
+    # Half-life, in refined images, of an exponential moving average of R's weights, which
+    # refine and the grids then use (0: none). See ema.py.
+    ema_halflife: float = 0.0
+
+    # Speed. channels_last: NHWC activations (faster convolutions on GPUs and oneDNN CPUs).
+    # compile: torch.compile the two updates' forward-and-loss (compile_mode: default,
+    # reduce-overhead for CUDA graphs, max-autotune, max-autotune-no-cudagraphs).
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
 
     # Precision: empty takes what `accelerate launch` says; otherwise no | bf16 | fp16.
     mixed_precision: str = ""
@@ -96,6 +116,9 @@ class Config:
     dist_timeout: int = 600
 
     # Outputs.
+    # Images per set scored by the label-free realism test (realism.py) at every checkpoint,
+    # real vs refined and real vs synthetic; 0: none.
+    realism_images: int = 1024
     log_every: int = 10
     image_every: int = 200
     ckpt_every: int = 500
@@ -135,6 +158,9 @@ class Config:
             "history_size",
             "disc_blur",
             "check_every",
+            "refiner_noise",
+            "ema_halflife",
+            "realism_images",
         )
         for name in nonneg:
             if getattr(self, name) < 0:
@@ -145,12 +171,19 @@ class Config:
             )
         choices = {
             "disc_arch": ("eyes", "hands"),
-            "psi": ("identity", "channel_mean", "standardized"),
+            "psi": ("identity", "channel_mean", "standardized", "smooth"),
             "optimizer": ("adam", "sgd"),
             "on_bad_shard": ("raise", "skip"),
             "adversarial": ("local", "global"),
             "mixed_precision": ("", "no", "bf16", "fp16"),
             "on_nonfinite": ("stop", "skip"),
+            "builtin_real": REAL_DOMAINS,
+            "compile_mode": (
+                "default",
+                "reduce-overhead",
+                "max-autotune",
+                "max-autotune-no-cudagraphs",
+            ),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -205,6 +238,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ckpt_every": 3,
         "grid_rows": 4,
         "num_workers": 0,
+        "realism_images": 0,  # tests that need the score turn it on
     },
     # The paper's eye settings (DESIGN.md section 4): full-width refiner and discriminator,
     # 1000 + 200 pretraining steps, K_g = 2, K_d = 1. Batch and buffer are ours (the paper is
@@ -246,17 +280,20 @@ HELP: dict[str, str] = {
     "real": "unlabelled real shard directory (default: the built-in simulator's real domain)",
     "builtin_count": "images per domain of the built-in shards",
     "builtin_seed": "seed of the built-in shards",
+    "builtin_real": "built-in real domain: real, real-lit or real-ir (see distsim/sim/eyes.py)",
     "cache_dir": "where built-in shards are cached (default: $DISTSIM_CACHE or ~/.cache/distsim)",
     "num_workers": "data-loader processes per rank",
     "on_bad_shard": "corrupt or truncated shard: raise (stop, naming it) or skip (and count it)",
     "refiner_width": "refiner channels (paper: 64)",
     "refiner_blocks": "refiner ResNet blocks (paper: 4 eyes, 10 hands)",
     "refiner_kernel": "refiner kernel size (paper: 3 eyes, 7 hands)",
+    "refiner_noise": "channels of per-pixel noise fed to the refiner (0: none, the paper)",
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
     "disc_blur": "Gaussian blur sigma (px) on the discriminator's inputs (0: none, the paper)",
-    "psi": "self-regularisation feature transform: identity, channel_mean (colour) or "
-    "standardized (per-image zero mean, unit std: tone changes are free)",
+    "psi": "self-regularisation feature transform: identity, channel_mean (colour), "
+    "standardized (per-image zero mean, unit std: tone changes are free) or smooth "
+    "(standardized after a 1 px blur: pixel noise is free too)",
     "seed": "seed for weights, data order and the history buffer",
     "batch_size": "images per rank per step (even with the history buffer)",
     "pretrain_r_steps": "refiner steps on self-regularisation only",
@@ -271,12 +308,17 @@ HELP: dict[str, str] = {
     "adam_beta1": "Adam's beta1 for both optimizers (GANs often use 0.5)",
     "history": "show D half history-buffer images (--no-history: the paper's ablation)",
     "history_size": "history buffer slots, global across ranks",
+    "ema_halflife": "half-life in images of the refiner's weight average (0: none)",
+    "channels_last": "channels-last (NHWC) activations",
+    "compile": "torch.compile the two updates (falls back to eager, saying why)",
+    "compile_mode": "torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune",
     "adversarial": "local (a decision per patch, the paper) or global (one per image, ablation)",
     "mixed_precision": "no, bf16 or fp16 (default: what accelerate launch says)",
     "resume": "auto (newest checkpoint in --run-dir, if any) or a checkpoint or run directory",
     "on_nonfinite": "non-finite loss: stop (naming step and loss) or skip the update",
     "check_every": "steps between rank-consistency checks (0: only before checkpoints)",
     "dist_timeout": "seconds a collective waits for a lost rank before the others fail",
+    "realism_images": "images per set for the realism score at each checkpoint (0: none)",
     "log_every": "steps between TensorBoard scalars and progress-bar losses",
     "image_every": "steps between PNG grids (synthetic | refined | real)",
     "ckpt_every": "steps between checkpoints",
@@ -367,9 +409,22 @@ def make_config(preset: str = "cpu", **overrides: Any) -> Config:
     return cfg
 
 
+# Values that reproduce what runs did before a field existed, for config.json files that
+# lack it (a default may change later; what an old run did may not).
+LEGACY: dict[str, Any] = {
+    "builtin_real": "real",
+    "refiner_noise": 0,
+    "ema_halflife": 0.0,
+    "channels_last": False,
+    "compile": False,
+    "compile_mode": "default",
+    "realism_images": 0,
+}
+
+
 def load_config(path: str | Path) -> Config:
     """Read a run's config.json back (tuples come back as lists in JSON)."""
-    data = json.loads(Path(path).read_text())
+    data = LEGACY | json.loads(Path(path).read_text())
     for f in dataclasses.fields(Config):
         if typing.get_origin(_field_type(f)) is tuple and f.name in data:
             data[f.name] = tuple(data[f.name])

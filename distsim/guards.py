@@ -17,7 +17,7 @@ Process groups and ranks come in as arguments; nothing here reads the launch env
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -127,6 +127,18 @@ class CommCounter:
     def pop(self) -> dict[str, int]:
         out, self.bytes = self.bytes, {}
         return out
+
+    def counted(
+        self, label: str, gather: Callable[[torch.Tensor], torch.Tensor]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`gather` (an all-gather along dim 0), counting the bytes received from others."""
+
+        def counted_gather(x: torch.Tensor) -> torch.Tensor:
+            out = gather(x)
+            self.add(label, (out.numel() - x.numel()) * out.element_size())
+            return out
+
+        return counted_gather
 
     def ddp_hook(self, label: str) -> Any:
         """A DDP comm hook that counts each gradient bucket, then all-reduces it as DDP would."""

@@ -9,9 +9,10 @@ Buffer semantics (one logical global buffer, whatever the number of ranks):
   (Public implementations that only ever replace slots of an empty buffer never fill it.)
 - Once full, each push replaces n slots chosen uniformly without replacement.
 - `sample(n)` draws n filled slots uniformly without replacement.
-- All choices come from one CPU generator seeded identically on every rank, and every rank
-  pushes the same gathered images, so every rank holds the same buffer as single-process
-  training with the global batch would.
+- All choices come from one generator on the buffer's device, seeded identically on every
+  rank, and every rank pushes the same gathered images, so every rank holds the same buffer
+  as single-process training with the global batch would. Drawing on the device keeps the
+  hot step free of host work and host-to-device copies.
 
 The buffer knows nothing of ranks: the caller gathers images and slices samples.
 """
@@ -39,21 +40,24 @@ class HistoryBuffer:
         )  # (B, C, H, W)
         # Host-side count: deterministic on every rank, so reading it never syncs the device.
         self.count = 0
-        self.generator = torch.Generator(device="cpu")
+        self.seed = seed
+        self.generator = torch.Generator(device=self.images.device)
         self.generator.manual_seed(seed)
 
     def __len__(self) -> int:
         return self.count
 
     def sample_indices(self, n: int) -> torch.Tensor:
-        """n distinct filled slots, uniformly at random: (n,) int64 on the CPU."""
+        """n distinct filled slots, uniformly at random: (n,) int64 on the buffer's device."""
         if n > self.count:
             raise ValueError(f"cannot sample {n} images from a buffer holding {self.count}")
-        return torch.randperm(self.count, generator=self.generator)[:n]
+        return self._randperm(self.count)[:n]
 
     def sample(self, n: int) -> torch.Tensor:
-        idx = self.sample_indices(n).to(self.images.device, non_blocking=True)
-        return self.images[idx]  # (n, C, H, W)
+        return self.images[self.sample_indices(n)]  # (n, C, H, W)
+
+    def _randperm(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator, device=self.images.device)
 
     def push(self, images: torch.Tensor) -> None:
         """Store new images (n, C, H, W): fill empty slots first, then replace random ones."""
@@ -68,8 +72,7 @@ class HistoryBuffer:
         if rest > 0:
             # Replace among slots that held images before this push, never the ones just filled.
             old = self.count
-            slots = torch.randperm(old, generator=self.generator)[:rest]
-            self.images[slots.to(self.images.device, non_blocking=True)] = images[free:]
+            self.images[self._randperm(old)[:rest]] = images[free:]
         self.count += free
 
     def state_dict(self) -> dict[str, object]:
@@ -78,6 +81,7 @@ class HistoryBuffer:
             "count": self.count,
             "capacity": self.capacity,
             "generator": self.generator.get_state(),
+            "generator_device": self.images.device.type,
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -97,4 +101,9 @@ class HistoryBuffer:
         self.images.zero_()
         self.images[:count] = images.to(self.images.device, self.images.dtype)
         self.count = count
-        self.generator.set_state(state["generator"])  # type: ignore[arg-type]
+        if state.get("generator_device", "cpu") == self.images.device.type:
+            self.generator.set_state(state["generator"])  # type: ignore[arg-type]
+        else:
+            # A CPU generator's state means nothing to a CUDA one (and back): draw on from a
+            # seed of (seed, count), deterministic though not the stream never stopping had.
+            self.generator.manual_seed(self.seed * 1_000_003 + count)

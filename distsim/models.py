@@ -38,17 +38,33 @@ class Refiner(nn.Module):
     """conv k (width) -> `blocks` ResNet blocks -> conv 1x1 (channels) -> tanh.
 
     Eyes: kernel 3, 4 blocks, width 64. Hands: kernel 7, 10 blocks.
+
+    `noise_channels` > 0 (not in the paper) feeds that many channels of per-pixel noise beside
+    the image: a refiner is otherwise a deterministic function of its input and cannot make
+    the per-image random sensor noise of real images, only texture that imitates it.
     """
 
     def __init__(
-        self, channels: int = 1, width: int = 64, blocks: int = 4, kernel: int = 3
+        self,
+        channels: int = 1,
+        width: int = 64,
+        blocks: int = 4,
+        kernel: int = 3,
+        noise_channels: int = 0,
     ) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(channels, width, kernel, padding=kernel // 2, padding_mode="reflect")
+        self.noise_channels = noise_channels
+        self.stem = nn.Conv2d(
+            channels + noise_channels, width, kernel, padding=kernel // 2, padding_mode="reflect"
+        )
         self.blocks = nn.Sequential(*(ResnetBlock(width, kernel) for _ in range(blocks)))
         self.head = nn.Conv2d(width, channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if self.noise_channels:
+            if noise is None:
+                raise ValueError(f"this refiner takes {self.noise_channels} noise channels")
+            x = torch.cat([x, noise.to(x.dtype)], dim=1)  # (B, C + noise, H, W)
         h = torch.relu(self.stem(x))  # (B, width, H, W)
         return torch.tanh(self.head(self.blocks(h)))  # (B, C, H, W)
 

@@ -16,7 +16,12 @@ clipped to [0, 255] (uint16 likewise with 32767.5; float32 images are stored as 
 Rounding is half to even (``torch.round``, as ``np.round``).
 
 Deterministic: R in eval mode, float32 (no autocast), and every forward pass has the same batch
-shape, so equal inputs give byte-identical shards whatever the world size.
+shape, so equal inputs give byte-identical shards whatever the world size. A refiner with
+noise inputs (``--refiner-noise``) gets, for image i, noise seeded by (``--noise-seed``, i)
+(``distsim.noise``), so that stays true.
+
+Weights: a checkpoint with a weight average of the refiner (``--ema-halflife``) is refined with
+the average unless ``--weights raw`` says otherwise; the manifest records which.
 
 Several ranks (`accelerate launch -m distsim.refine ...`) split the set by position (the
 loader's exact "split" epoch, unshuffled); each rank writes its refined batches as .npz files
@@ -43,7 +48,16 @@ from torch import nn
 from tqdm import tqdm
 
 from distsim import data
-from distsim.checkpoint import PREFIX, image_shape, load_models, resolve_checkpoint
+from distsim.checkpoint import (
+    PREFIX,
+    best_checkpoint,
+    has_ema,
+    image_shape,
+    load_models,
+    read_json,
+    resolve_checkpoint,
+)
+from distsim.noise import indexed_noise
 from distsim.train import to_unit_range
 from shards.cliutil import non_negative_int, one_line, positive_int
 from shards.format import IMAGE_KEY, Manifest, file_sha256
@@ -79,27 +93,41 @@ def from_unit_range(images: torch.Tensor, dtype: str) -> torch.Tensor:
 # --- checkpoints --------------------------------------------------------------------------------
 
 
-def checkpoint_info(ckpt: Path) -> dict[str, Any]:
-    """What the output manifest records about the refiner used."""
+WEIGHTS = ("auto", "ema", "raw")
+
+
+def checkpoint_info(ckpt: Path, weights: str = "raw") -> dict[str, Any]:
+    """What the output manifest records about the refiner used (`weights`: raw or ema)."""
     step = int(ckpt.name[len(PREFIX) :]) if ckpt.name.startswith(PREFIX) else None
+    name = "refiner_ema" if weights == "ema" else "refiner"
     return {
         "path": str(ckpt.resolve()),
         "step": step,
-        "refiner_sha256": file_sha256(ckpt / "refiner.safetensors"),
+        "weights": weights,
+        "refiner_sha256": file_sha256(ckpt / f"{name}.safetensors"),
     }
 
 
-def load_refiner(path: str | Path) -> tuple[nn.Module, dict[str, Any], tuple[int, int, int]]:
+def load_refiner(
+    path: str | Path, weights: str = "auto"
+) -> tuple[nn.Module, dict[str, Any], tuple[int, int, int]]:
     """(R in eval mode on the CPU, checkpoint_info, trained (C, H, W)) from a run or
-    checkpoint directory (a run directory means its newest checkpoint)."""
+    checkpoint directory (a run directory means its newest checkpoint). `weights`: "auto"
+    (the weight average if the checkpoint has one), "ema" (it must) or "raw"."""
     path = Path(path)
+    if weights not in WEIGHTS:
+        raise RefineError(f"--weights must be one of {WEIGHTS}, got {weights!r}")
     if not path.exists():
         raise RefineError(f"{path}: run or checkpoint directory does not exist")
     ckpt = resolve_checkpoint(path)
     if not (ckpt / "meta.json").is_file():
         raise RefineError(f"{ckpt}: no meta.json (a checkpoint from before distsim recorded it)")
-    refiner, _, _ = load_models(ckpt)
-    return refiner.eval(), checkpoint_info(ckpt), image_shape(ckpt)
+    if weights == "ema" and not has_ema(ckpt):
+        raise RefineError(f"{ckpt}: no refiner_ema.safetensors (trained without --ema-halflife)")
+    use_ema = weights == "ema" or (weights == "auto" and has_ema(ckpt))
+    refiner, _, _ = load_models(ckpt, ema=use_ema)
+    info = checkpoint_info(ckpt, "ema" if use_ema else "raw")
+    return refiner.eval(), info, image_shape(ckpt)
 
 
 def check_images(
@@ -125,8 +153,10 @@ def check_images(
 
 
 def _stem_channels(refiner: nn.Module) -> int | None:
+    """Image channels the refiner takes (its stem's inputs less its noise channels)."""
     stem = getattr(refiner, "stem", None)
-    return int(stem.in_channels) if isinstance(stem, nn.Conv2d) else None
+    noise = int(getattr(refiner, "noise_channels", 0))
+    return int(stem.in_channels) - noise if isinstance(stem, nn.Conv2d) else None
 
 
 # --- the work -----------------------------------------------------------------------------------
@@ -162,6 +192,7 @@ def refine_shards(
     device: torch.device | str = "cpu",
     gather: Gather | None = None,
     progress: bool = False,
+    noise_seed: int = 0,
 ) -> Manifest | None:
     """Refine every image of ``input_dir`` into a shard set in ``out_dir``, labels unchanged.
 
@@ -171,7 +202,7 @@ def refine_shards(
     new manifest on rank 0, None on the others. ``block_size`` and ``shard_size`` default to
     the input's block size and largest shard, which reproduces a count-based input's layout.
     ``checkpoint`` goes into the manifest's source; ``trained_shape`` (C, H, W), when known,
-    is checked against the input's images.
+    is checked against the input's images. ``noise_seed`` seeds a refiner's noise inputs.
     """
     if gather is None:
         if world_size != 1:
@@ -235,7 +266,9 @@ def refine_shards(
             ) as bar,
         ):
             for batch in loader:
-                n = _refine_batch(refiner, batch, label_names, dtype, batch_size, parts, device)
+                n = _refine_batch(
+                    refiner, batch, label_names, dtype, batch_size, parts, device, noise_seed
+                )
                 bar.update(n)
     except (ValueError, OSError) as err:
         error = one_line(err)
@@ -251,6 +284,8 @@ def refine_shards(
             "input_source": manifest.source,
             "checkpoint": dict(checkpoint) if checkpoint is not None else None,
         }
+        if int(getattr(refiner, "noise_channels", 0)):
+            source["noise_seed"] = noise_seed
         try:
             result = _assemble(
                 parts,
@@ -277,17 +312,25 @@ def _refine_batch(
     batch_size: int,
     parts: Path,
     device: torch.device | str,
+    noise_seed: int = 0,
 ) -> int:
     """Refine one loader batch and write it as PARTS/<first position>.npz; returns its size."""
     order = torch.argsort(batch[INDEX_KEY])  # rows in position order
     n = len(order)
     x = to_unit_range(batch[IMAGE_KEY][order].to(device))  # (n, C, H, W) in [-1, 1]
+    noise_channels = int(getattr(refiner, "noise_channels", 0))
+    noise = None
+    if noise_channels:
+        shape = (noise_channels, *x.shape[2:])
+        noise = indexed_noise(batch[INDEX_KEY][order], shape, noise_seed).to(device)
     if n < batch_size:
         # Convolution kernels pick their algorithm by batch size (oneDNN, cuDNN), so a short
         # batch can round differently. Padding every pass to one shape makes image i's bits
         # independent of how ranks and batches cut the set.
         x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])  # (batch_size, C, H, W)
-    y = refiner(x)[:n]  # (n, C, H, W) in [-1, 1]
+        if noise is not None:
+            noise = torch.cat([noise, noise.new_zeros((batch_size - n, *noise.shape[1:]))])
+    y = (refiner(x) if noise is None else refiner(x, noise))[:n]  # (n, C, H, W) in [-1, 1]
     # The inverse of to_unit_range above, back to the shard set's dtype.
     images = from_unit_range(y, dtype).cpu().numpy().astype(dtype, copy=False)
     arrays = {IMAGE_KEY: images, INDEX_KEY: batch[INDEX_KEY][order].numpy()}
@@ -363,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--checkpoint",
-        help="a checkpoint directory, or a step (500 or step-00000500) of --run's checkpoints",
+        help="a checkpoint directory, a step (500 or step-00000500) of --run's checkpoints, or "
+        "best: the one whose refined images a fresh classifier told least well from real "
+        "ones, among those that keep the pupil within 1 px (distsim.realism)",
     )
     parser.add_argument("--input", type=Path, required=True, help="shard set to refine")
     parser.add_argument("--out", type=Path, required=True, help="output shard directory")
@@ -382,6 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per shard (default: the input's largest shard)",
     )
     parser.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        default="auto",
+        help="auto: the refiner's weight average when the checkpoint has one (ema), else its "
+        "last weights (raw)",
+    )
+    parser.add_argument(
+        "--noise-seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of the noise inputs of a refiner trained with --refiner-noise (0)",
+    )
+    parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
     return parser
@@ -396,6 +454,14 @@ def checkpoint_path(run: Path | None, checkpoint: str | None) -> Path:
     as_path = Path(checkpoint)
     if as_path.is_dir() or run is None:
         return as_path
+    if checkpoint == "best":
+        best = best_checkpoint(run)
+        if best is None:
+            raise RefineError(
+                f"{run}: no checkpoint has realism scores to pick the best by (trained with "
+                "--realism-images 0, or before distsim scored realism)"
+            )
+        return best
     name = f"{PREFIX}{int(checkpoint):08d}" if checkpoint.isdigit() else checkpoint
     return run / "checkpoints" / name
 
@@ -420,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = None
         try:
             path = checkpoint_path(args.run, args.checkpoint)
-            refiner, info, trained_shape = load_refiner(path)
+            refiner, info, trained_shape = load_refiner(path, args.weights)
         except (ValueError, OSError) as err:
             error = one_line(err)
         _raise_first(gather(error))
@@ -439,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=accelerator.device,
             gather=gather,
             progress=args.progress,
+            noise_seed=args.noise_seed,
         )
     except (ValueError, OSError) as err:
         # Errors are agreed between ranks: one line from rank 0 is the whole story.
@@ -451,6 +518,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         accelerator.end_training()
     if manifest is not None:
         print(f"refined {manifest.count} images into {args.out} with {info['path']}")
+        if args.checkpoint == "best":
+            scores = read_json(Path(info["path"]) / "meta.json")["realism"]
+            print(
+                f"  the best by realism: a fresh classifier told its refined images from real "
+                f"ones {100 * scores['c2st_refined']:.1f}% of the time (synthetic: "
+                f"{100 * scores['c2st_synthetic']:.1f}%)"
+                + (
+                    f", pupil moved {scores['pupil_shift_px']:.2f} px"
+                    if "pupil_shift_px" in scores
+                    else ""
+                )
+            )
     return 0
 
 

@@ -34,12 +34,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from distsim.checkpoint import image_shape, load_models, resolve_checkpoint
+from distsim.checkpoint import resolve_checkpoint
 from distsim.config import Config, resolve
 from distsim.data import first_images
 from distsim.evaluate import plot_cumulative, train_and_test
 from distsim.pupil import pupil_shift as distance_moved
-from distsim.refine import checkpoint_info, refine_shards
+from distsim.refine import load_refiner, refine_shards
 from distsim.train import training_loop
 from shards.cliutil import one_line, positive_int
 from shards.sources.sim_eyes import convert_sim_eyes
@@ -99,12 +99,16 @@ def pupil_shift(synthetic: Path, refined: Path, n: int) -> dict[str, float]:
 
 
 def train_and_refine(cfg: Config, synthetic: Path, out: Path) -> Path:
-    """Train SimGAN as configured, then refine `synthetic` into `out` with its final R."""
+    """Train SimGAN as configured, then refine `synthetic` into `out` with its final R (the
+    weight average when the run keeps one), unless an earlier call already did."""
     ckpt = resolve_checkpoint(training_loop(cfg))
-    refine_shards(
-        load_models(ckpt)[0].eval(), synthetic, out, checkpoint=checkpoint_info(ckpt),
-        trained_shape=image_shape(ckpt), num_workers=0,
-    )  # fmt: skip
+    if (out / "manifest.json").is_file():
+        made_with = json.loads((out / "manifest.json").read_text())["source"]["checkpoint"]
+        if made_with["path"] == str(ckpt.resolve()):
+            return out
+    refiner, info, trained_shape = load_refiner(ckpt)
+    refine_shards(refiner, synthetic, out, checkpoint=info, trained_shape=trained_shape,
+                  num_workers=0)  # fmt: skip
     return out
 
 

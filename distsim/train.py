@@ -5,8 +5,10 @@ Algorithm 1 of Shrivastava et al. 2017, in three phases counted by one global st
   2. pretrain_d_steps discriminator steps against that refiner,
   3. `steps` iterations of K_g refiner steps then K_d discriminator steps.
 
-This is the only module that talks to Accelerate. Models, losses, the history buffer and the
-data pipeline take ranks, devices and seeds as arguments.
+The updates themselves are in step.py; this module is the loop around them (phases, logging,
+image grids, checkpoints, stop signals and the guards that keep a multi-rank run honest), and
+the only module that talks to Accelerate. Models, losses, the history buffer and the data
+pipeline take ranks, devices and seeds as arguments.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -45,6 +48,7 @@ from distsim.checkpoint import (
 )
 from distsim.checkpoint import image_shape as checkpoint_image_shape
 from distsim.config import Config, load_config, resolve
+from distsim.ema import EMA
 from distsim.guards import (
     CommCounter,
     StopRequest,
@@ -54,15 +58,10 @@ from distsim.guards import (
 )
 from distsim.history import HistoryBuffer
 from distsim.images import grid, save_png
-from distsim.losses import (
-    PSI,
-    global_logits,
-    local_adversarial_loss,
-    patch_accuracy,
-    saturated_fraction,
-    self_regularization_loss,
-)
-from distsim.models import REAL, REFINED, GaussianBlur
+from distsim.losses import PSI
+from distsim.models import GaussianBlur
+from distsim.realism import RealismProbe
+from distsim.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -94,53 +93,65 @@ class Preempted(Exception):
 
 
 @dataclass
-class Meter:
-    """Sums of detached per-step scalars kept on the device: read only at log intervals.
+class _Sums:
+    total: torch.Tensor  # (k,) sums of the stacked statistics
+    count: int
+    first_bad: torch.Tensor  # (k,) int64: first step each was non-finite, -1 if never
 
-    It also remembers, per scalar, the first step at which it was not finite, without a host
-    sync: `first_nonfinite` reads that at log and checkpoint steps.
+
+@dataclass
+class Meter:
+    """Sums of the steps' stacked statistics, kept on the device and read only at log
+    intervals: one add per step, one collective per log.
+
+    It also remembers, per statistic, the first step at which it was not finite, without a
+    host sync: ``first_nonfinite`` reads that at log and checkpoint steps.
     """
 
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    first_bad: dict[str, torch.Tensor] = field(default_factory=dict)
+    groups: dict[tuple[str, ...], _Sums] = field(default_factory=dict)
 
-    def add(self, step: int, **values: torch.Tensor) -> None:
-        for k, v in values.items():
-            v = v.detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-            self.counts[k] = self.counts.get(k, 0) + 1
-            prev = self.first_bad.get(k)
-            if prev is None:
-                prev = torch.full((), -1, dtype=torch.int64, device=v.device)
-            self.first_bad[k] = torch.where(~torch.isfinite(v) & (prev < 0), step, prev)
+    def add(self, step: int, names: tuple[str, ...], values: torch.Tensor) -> None:
+        sums = self.groups.get(names)
+        if sums is None:
+            never = torch.full(values.shape, -1, dtype=torch.int64, device=values.device)
+            sums = self.groups[names] = _Sums(torch.zeros_like(values), 0, never)
+        sums.total += values
+        sums.count += 1
+        sums.first_bad = torch.where(~torch.isfinite(values) & (sums.first_bad < 0),
+                                     step, sums.first_bad)  # fmt: skip
 
     def first_nonfinite(self, accelerator: Accelerator) -> tuple[list[str], int] | None:
-        """(scalars, step) of the earliest step with a non-finite value on any rank, or None.
-
-        The scalars are every one that went bad at that step, in the order they were added.
-        """
-        if not self.first_bad:
+        """(statistics, step) of the earliest step with a non-finite value on any rank."""
+        if not self.groups:
             return None
-        keys = list(self.first_bad)  # insertion order: the same on every rank
+        names = [n for group in self.groups for n in group]  # the same order on every rank
         never = torch.iinfo(torch.int64).max
-        steps = torch.stack([self.first_bad[k] for k in keys])
+        steps = torch.cat([s.first_bad for s in self.groups.values()])
         steps = torch.where(steps < 0, never, steps)
         earliest = _reduce_min(accelerator, steps).tolist()  # a host sync: interval steps only
         step = min(earliest)
         if step == never:
             return None
-        return [k for k, s in zip(keys, earliest, strict=True) if s == step], int(step)
+        bad = [n for n, s in zip(names, earliest, strict=True) if s == step]
+        return list(dict.fromkeys(bad)), int(step)
 
     def pop(self, accelerator: Accelerator) -> dict[str, float]:
-        if not self.sums:
+        """Mean of each statistic since the last pop, over steps and ranks."""
+        if not self.groups:
             return {}
-        keys = sorted(self.sums)
-        local = torch.stack([self.sums[k] / self.counts[k] for k in keys])
+        groups = list(self.groups.items())
+        local = torch.cat([s.total / s.count for _, s in groups])
         means = accelerator.reduce(local, reduction="mean").tolist()  # the one host sync
-        self.sums.clear()
-        self.counts.clear()
-        return dict(zip(keys, means, strict=True))
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        i = 0
+        for names, s in groups:
+            for name in names:
+                sums[name] = sums.get(name, 0.0) + means[i] * s.count
+                counts[name] = counts.get(name, 0) + s.count
+                i += 1
+        self.groups.clear()
+        return {name: sums[name] / counts[name] for name in sorted(sums)}
 
 
 def _reduce_min(accelerator: Accelerator, values: torch.Tensor) -> torch.Tensor:
@@ -164,7 +175,7 @@ def prepare_data(cfg: Config, accelerator: Accelerator) -> tuple[Path, Path, dat
         # Main process creates the built-in shards; the others then find them complete.
         paths: list[Path] = []
         with accelerator.main_process_first():
-            for domain in ("synthetic", "real"):
+            for domain in ("synthetic", cfg.builtin_real):
                 paths.append(
                     data.ensure_builtin_shards(domain, cfg.builtin_count, cfg.builtin_seed, cache)
                 )
@@ -207,10 +218,24 @@ def make_accelerator(mixed_precision: str = "", timeout_s: int = 600) -> Acceler
     return accelerator
 
 
-def make_optimizer(cfg: Config, params: Iterator[torch.nn.Parameter], lr: float) -> Optimizer:
+def make_optimizer(
+    cfg: Config, params: Iterator[torch.nn.Parameter], lr: float, device: torch.device
+) -> Optimizer:
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, 0.999))
+        # One fused kernel for all parameters on CUDA; foreach (a few batched ops) elsewhere.
+        fused = device.type == "cuda"
+        return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, 0.999), fused=fused)
     return torch.optim.SGD(params, lr=lr)
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
+    """DDP over `world` ranks (the bare model for one). Built here rather than by Accelerate's
+    prepare, which would also wrap forward in autocast and cast every output back to float32:
+    the step does its own autocast and needs neither."""
+    if world == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
 # (rank, world_size, synthetic start, real start) -> endless image batches per domain, each
@@ -226,13 +251,16 @@ EXIT_PREEMPTED = 3
 SATURATION_WARNING = 0.5
 
 
-def history_dtype(accelerator: Accelerator) -> torch.dtype:
+def precision_of(cfg: Config, accelerator: Accelerator) -> str:
+    """The precision actually used: the flag, else what `accelerate launch` said."""
+    return cfg.mixed_precision or str(accelerator.mixed_precision or "no")
+
+
+def history_dtype(precision: str) -> torch.dtype:
     """Store (and exchange) buffered images in the training precision: under bf16 that halves
     the buffer's memory and its all-gather, and bf16's 8-bit mantissa keeps images in [-1, 1]
     to within 2^-8, below the 1/127.5 step of the 8-bit images they were refined from."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        str(accelerator.mixed_precision), torch.float32
-    )
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def config_changes(saved: Config, now: Config) -> list[str]:
@@ -244,6 +272,353 @@ def config_changes(saved: Config, now: Config) -> list[str]:
     ]
 
 
+class Run:
+    """One training run, set up: the step, the data streams, the outputs and the guards.
+
+    ``training_loop`` drives it; its methods are what happens between updates (logging,
+    grids, checks, checkpoints).
+    """
+
+    def __init__(
+        self, cfg: Config, accelerator: Accelerator | None, streams: Streams | None
+    ) -> None:
+        cfg.validate()
+        if cfg.resume == "auto" and not cfg.run_dir:
+            raise ValueError("--resume auto needs --run-dir: the run directory to resume in")
+        if accelerator is None:
+            accelerator = make_accelerator(cfg.mixed_precision, cfg.dist_timeout)
+        self.cfg, self.accelerator = cfg, accelerator
+        self.precision = precision_of(cfg, accelerator)
+        if self.precision == "fp16" and accelerator.device.type != "cuda":
+            raise ValueError(
+                "--mixed-precision fp16 needs a CUDA device (Accelerate runs CPU fp16 as "
+                "float32 with no loss scaling); use bf16 or no on the CPU"
+            )
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.device = device = accelerator.device
+        if device.type == "cuda":
+            # Fastest kernels by default; README "Performance" says how to get bitwise-
+            # deterministic GPU runs instead.
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        # Control messages (stop requests, consistency checksums) go over gloo on the CPU, so
+        # agreeing on them never waits on the GPU's stream.
+        self.control = (
+            torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=cfg.dist_timeout))
+            if self.world > 1
+            else None
+        )
+
+        # One run directory for all ranks: the main process names it.
+        names = [cfg.run_dir or default_run_dir(cfg)]
+        broadcast_object_list(names)
+        cfg.run_dir = names[0]
+        self.run_dir = Path(cfg.run_dir)
+        resume_from = find_resume(cfg.resume, self.run_dir)
+
+        self.syn_dir, self.real_dir, manifest = prepare_data(cfg, accelerator)
+        self.image_shape = tuple(manifest.image_shape)  # (C, H, W)
+        channels = self.image_shape[0]
+        if cfg.psi == "channel_mean" and channels == 1:
+            raise ValueError("--psi channel_mean needs colour images; these shards have 1 channel")
+
+        # Identical initial weights on every rank without relying on DDP's broadcast.
+        torch.manual_seed(cfg.seed)
+        refiner, discriminator = build_models(cfg, channels)
+        state: dict[str, Any] | None = None
+        self.notes: list[str] = []
+        if resume_from is not None:
+            if checkpoint_image_shape(resume_from) != self.image_shape:
+                raise ValueError(
+                    f"{resume_from}: trained on images {checkpoint_image_shape(resume_from)}, "
+                    f"these shards hold {self.image_shape}"
+                )
+            load_weights(resume_from, refiner, discriminator)
+            state = load_state(resume_from)
+            self.notes = config_changes(load_config(resume_from / "config.json"), cfg)
+            if state["world_size"] != self.world:
+                self.notes.append(
+                    f"world size {state['world_size']} -> {self.world}: global batch "
+                    f"{state['world_size'] * cfg.batch_size} -> {self.world * cfg.batch_size}, "
+                    "each rank's data stream and RNG start afresh (the buffer and weights carry "
+                    "over)"
+                )
+        memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.r_raw = refiner.to(device, memory_format=memory)
+        self.d_raw = discriminator.to(device, memory_format=memory)
+        ema = EMA(self.r_raw, cfg.ema_halflife) if cfg.ema_halflife > 0 else None
+        if ema is not None and resume_from is not None:
+            if (resume_from / "refiner_ema.safetensors").is_file():
+                load_weights(resume_from, ema.model, None, refiner_file="refiner_ema")
+            else:
+                self.notes.append("the checkpoint has no refiner average: it starts from R")
+        opt_r = make_optimizer(cfg, self.r_raw.parameters(), cfg.lr_r, device)
+        opt_d = make_optimizer(cfg, self.d_raw.parameters(), cfg.lr_d, device)
+        refiner_ddp = wrap_ddp(self.r_raw, device, self.world)
+        discriminator_ddp = wrap_ddp(self.d_raw, device, self.world)
+        self.comm = CommCounter()
+        if self.world > 1:
+            refiner_ddp.register_comm_hook(None, self.comm.ddp_hook("r_grads"))
+            discriminator_ddp.register_comm_hook(None, self.comm.ddp_hook("d_grads"))
+        self.history = (
+            HistoryBuffer(
+                cfg.history_size,
+                self.image_shape,
+                seed=cfg.seed,
+                device=device,
+                dtype=history_dtype(self.precision),
+            )  # fmt: skip
+            if cfg.history
+            else None
+        )
+        self.counters = Counters()
+        if state is not None:
+            opt_r.load_state_dict(state["opt_r"])
+            opt_d.load_state_dict(state["opt_d"])
+            self.counters = Counters(**state["counters"])
+            if self.history is not None and state["history"] is not None:
+                self.history.load_state_dict(state["history"])
+            elif self.history is not None:
+                self.notes.append("the checkpoint has no history buffer: it starts empty")
+            if state["world_size"] == self.world:
+                set_rng_state(state["rng"][self.rank])
+        self.step = SimGANStep(
+            refiner_ddp, discriminator_ddp, opt_r, opt_d,
+            raw_refiner=self.r_raw, raw_discriminator=self.d_raw,
+            psi=PSI[cfg.psi], lambda_reg=cfg.lambda_reg, adversarial=cfg.adversarial,
+            # What D looks at: the images, blurred alike for real and refined (--disc-blur).
+            d_view=GaussianBlur(cfg.disc_blur, channels).to(device),
+            history=self.history, gather=self.comm.counted("d_history", accelerator.gather),
+            rank=self.rank, world_size=self.world, precision=self.precision,
+            scaler=torch.amp.GradScaler(device.type, enabled=self.precision == "fp16"),
+            noise_channels=cfg.refiner_noise, noise_seed=cfg.seed, ema=ema,
+            r_steps=self.counters.r_steps, channels_last=cfg.channels_last,
+            compile=cfg.compile, compile_mode=cfg.compile_mode,
+            update_if=self._finite_everywhere if cfg.on_nonfinite == "skip" else None,
+        )  # fmt: skip
+        if state is not None:
+            self.step.load_state_dict(state.get("step", {}) | {"scaler": state.get("scaler")})
+
+        # Separate streams per domain, images only: SimGAN never reads a label. The loaders
+        # never go through accelerator.prepare (it would re-shard or broadcast them). Each
+        # restarts where this rank left off: R and D steps each take one synthetic batch, D
+        # steps one real batch.
+        c = self.counters
+        syn_start, real_start = c.r_steps + c.d_steps, c.d_steps
+        self.skipped = {domain: {"blocks": 0, "images": 0} for domain in ("synthetic", "real")}
+        self.loaders: dict[str, data.ShardLoader] = {}
+        if streams is None:
+            starts = {"synthetic": syn_start, "real": real_start}
+            dirs = {"synthetic": self.syn_dir, "real": self.real_dir}
+            for i, domain in enumerate(("synthetic", "real")):
+                self.loaders[domain] = data.make_loader(
+                    dirs[domain], cfg.batch_size, self.rank, self.world, cfg.seed * 2 + i,
+                    cfg.num_workers, labels=(), on_error=cfg.on_bad_shard, start=starts[domain],
+                    pin_memory=device.type == "cuda",
+                )  # fmt: skip
+                self.skipped[domain]["shards"] = len(self.loaders[domain].dataset.skipped_shards)
+            self.syn = batches(self.loaders["synthetic"], device, self.skipped["synthetic"])
+            self.real = batches(self.loaders["real"], device, self.skipped["real"])
+        else:
+            syn_it, real_it = streams(self.rank, self.world, syn_start, real_start)
+            self.syn = (to_unit_range(x.to(device)) for x in syn_it)
+            self.real = (to_unit_range(x.to(device)) for x in real_it)
+
+        self.writer: SummaryWriter | None = None
+        if accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            resolved = dataclasses.replace(cfg, mixed_precision=self.precision)
+            (self.run_dir / "config.json").write_text(resolved.to_json())
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            if resume_from is not None:
+                print(f"resuming from {resume_from} at step {c.step}", flush=True)
+                for note in self.notes:
+                    print(f"  changed: {note}", flush=True)
+        # The same eyes in every grid, and whatever the resume point: the first of each set.
+        self.grid_syn, self.grid_real = (
+            to_unit_range(data.first_images(d, cfg.grid_rows, on_error=cfg.on_bad_shard)).to(device)
+            for d in (self.syn_dir, self.real_dir)
+        )
+        # The label-free realism score at each checkpoint: fixed images, scored on rank 0.
+        self.probe: RealismProbe | None = None
+        if cfg.realism_images > 0 and accelerator.is_main_process:
+            syn, real = (
+                to_unit_range(data.first_images(d, cfg.realism_images, on_error=cfg.on_bad_shard))
+                for d in (self.syn_dir, self.real_dir)
+            )
+            self.probe = RealismProbe(syn.to(device), real.to(device), seed=cfg.seed)
+        self.realism_seconds = 0.0
+        self.meter = Meter()
+        self.stop = StopRequest(self.control).install()
+        self.log_clock = time.perf_counter()
+        self.last_log = dataclasses.replace(self.counters)
+        self.warned_saturation = False
+
+    # --- the updates, with their guards ------------------------------------------------------
+
+    def refiner_steps(self, n: int, *, adversarial: bool, check: bool) -> None:
+        d_before = self._d_checksum() if check and adversarial else None
+        for _ in range(n):
+            skipped = self.counters.skipped
+            stats = self.step.refiner_step(next(self.syn), adversarial)
+            self.counters.r_steps += 1
+            if self.counters.skipped == skipped:  # a skipped update (non-finite) is not logged
+                self.meter.add(self.counters.step + 1, R_STATS, stats)
+        if d_before is not None and not torch.equal(d_before, self._d_checksum()):
+            raise RuntimeError(
+                f"rank {self.rank}: a refiner step changed D at step {self.counters.step + 1}"
+            )
+
+    def discriminator_steps(self, n: int) -> None:
+        for _ in range(n):
+            skipped = self.counters.skipped
+            stats = self.step.discriminator_step(next(self.syn), next(self.real))
+            self.counters.d_steps += 1
+            names = D_STATS_HISTORY if stats.shape[0] == len(D_STATS_HISTORY) else D_STATS
+            if self.counters.skipped == skipped:
+                # Numbered as checkpoints and logs number it: the step being taken.
+                self.meter.add(self.counters.step + 1, names, stats)
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        # --on-nonfinite skip only: a host sync, and every rank takes the same decision.
+        ok = torch.isfinite(loss.detach()).all().float()
+        finite = bool(self.accelerator.reduce(ok, reduction="sum").item() == self.world)
+        if not finite:
+            self.counters.skipped += 1
+        return finite
+
+    def _d_checksum(self) -> torch.Tensor:
+        return tensor_checksums(named_state("discriminator", self.d_raw))
+
+    # --- between updates ---------------------------------------------------------------------
+
+    def log(self, step: int, phase: str) -> dict[str, float]:
+        self.check_finite(step)
+        stats = self.meter.pop(self.accelerator)
+        c, since = self.counters, self.last_log
+        if self.cfg.on_bad_shard == "skip":
+            keys = [(d, k) for d in sorted(self.skipped) for k in sorted(self.skipped[d])]
+            total = self.accelerator.reduce(
+                torch.tensor([self.skipped[d][k] for d, k in keys], device=self.device,
+                             dtype=torch.float64), reduction="sum",
+            ).tolist()  # fmt: skip
+            stats |= {f"data/skipped_{k}_{d}": v for (d, k), v in zip(keys, total, strict=True)}
+        sent = self.comm.pop()
+        self.last_log = dataclasses.replace(c)
+        self._warn_if_saturated(step, stats)
+        if self.writer is None:
+            return stats
+        for k, v in stats.items():
+            tag = k if phase == "adversarial" or k.startswith("data/") else f"{phase}/{k}"
+            self.writer.add_scalar(tag, v, step)
+        seconds = time.perf_counter() - self.log_clock
+        self.log_clock = time.perf_counter()
+        steps_r, steps_d = c.r_steps - since.r_steps, c.d_steps - since.d_steps
+        # Synthetic images through R per second, all ranks: the refiner's throughput.
+        images = (steps_r + steps_d) * self.cfg.batch_size * self.world
+        self.writer.add_scalar("images_per_second", images / seconds, step)
+        # Bytes this (main) rank handed to collectives, per R or D step.
+        for label, nbytes in sent.items():
+            per = steps_r if label.startswith("r_") else steps_d
+            if per:
+                self.writer.add_scalar(f"comm/{label}_bytes_per_step", nbytes / per, step)
+        self.writer.add_scalar("nonfinite_skipped", c.skipped, step)
+        if self.history is not None:
+            self.writer.add_scalar("history_filled", len(self.history), step)
+        return stats
+
+    def _warn_if_saturated(self, step: int, stats: dict[str, float]) -> None:
+        fraction = stats.get("r_saturated", 0.0)
+        if fraction <= SATURATION_WARNING or self.warned_saturation:
+            return
+        self.warned_saturation = True  # once: a collapsed run stays collapsed
+        if self.accelerator.is_main_process:
+            print(
+                f"distsim.train: warning: step {step}: {100 * fraction:.0f}% of refined pixels "
+                "are at -1 or 1, so the refiner's tanh has saturated and its gradients vanish; "
+                f"it seldom recovers (see {self.run_dir / 'images'}). A lower --lr-d or --lr-r "
+                "may help.",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+
+    def save_grid(self, step: int) -> None:
+        refined = self.step.refine(self.grid_syn)
+        picture = grid([self.grid_syn, refined, self.grid_real])
+        save_png(picture, self.run_dir / "images" / f"step-{step:08d}.png")
+        assert self.writer is not None
+        self.writer.add_image("synthetic|refined|real", picture, step, dataformats="HWC")
+
+    def score_realism(self, step: int) -> dict[str, float] | None:
+        """The realism scores of the refiner now (rank 0; None elsewhere or when off)."""
+        if self.probe is None:
+            return None
+        started = time.perf_counter()
+        refined = torch.cat([self.step.refine(x) for x in self.probe.synthetic.split(256)])
+        scores = self.probe.score(refined)
+        self.realism_seconds += time.perf_counter() - started
+        if self.writer is not None:
+            for k, v in scores.items():
+                self.writer.add_scalar(f"realism/{k}", v, step)
+            self.writer.add_scalar("realism/seconds_total", self.realism_seconds, step)
+        return scores
+
+    def check_finite(self, step: int) -> None:
+        bad = self.meter.first_nonfinite(self.accelerator)
+        if bad is not None:
+            names, at = bad
+            raise FloatingPointError(
+                f"non-finite {', '.join(names)} at step {at} (checked at step {step}); the last "
+                f"checkpoint in {self.run_dir / 'checkpoints'} is untouched (or pass "
+                "--on-nonfinite skip)"
+            )
+
+    def check_consistency(self, step: int) -> None:
+        tensors = named_state("refiner", self.r_raw) | named_state("discriminator", self.d_raw)
+        try:
+            check_rank_consistency(tensors, self.world, self.control)
+        except RuntimeError as err:
+            raise RuntimeError(f"step {step}: {err}") from None
+
+    def checkpoint(self, step: int) -> Path | None:
+        self.check_finite(step)
+        self.check_consistency(step)
+        rngs: list[Any] = [None] * self.world
+        if self.world > 1:
+            torch.distributed.all_gather_object(rngs, rng_state(), group=self.control)
+        else:
+            rngs = [rng_state()]
+        path = None
+        realism = self.score_realism(step)
+        if self.accelerator.is_main_process:
+            step_state = self.step.state_dict()
+            state = {
+                "opt_r": self.step.opt_r.state_dict(),
+                "opt_d": self.step.opt_d.state_dict(),
+                "scaler": step_state.pop("scaler"),
+                "step": step_state,
+                "history": self.history.state_dict() if self.history is not None else None,
+                "counters": dataclasses.asdict(self.counters),
+                "rng": rngs,
+                "world_size": self.world,
+            }
+            path = save_checkpoint(
+                self.run_dir, step, refiner=self.r_raw, discriminator=self.d_raw,
+                refiner_ema=self.step.ema.model if self.step.ema is not None else None,
+                state=state, config=dataclasses.replace(self.cfg, mixed_precision=self.precision),
+                image_shape=self.image_shape, keep=self.cfg.keep_checkpoints, realism=realism,
+            )  # fmt: skip
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def close(self) -> None:
+        self.stop.uninstall()
+        for loader in self.loaders.values():
+            loader.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
 def training_loop(
     cfg: Config, accelerator: Accelerator | None = None, *, streams: Streams | None = None
 ) -> Path:
@@ -253,385 +628,62 @@ def training_loop(
     FloatingPointError naming the step and loss if a loss went non-finite (--on-nonfinite
     stop), leaving the last checkpoint as it was.
     """
-    cfg.validate()
-    if cfg.resume == "auto" and not cfg.run_dir:
-        raise ValueError("--resume auto needs --run-dir: the run directory to resume in")
-    if accelerator is None:
-        accelerator = make_accelerator(cfg.mixed_precision, cfg.dist_timeout)
-    if accelerator.mixed_precision == "fp16" and accelerator.device.type != "cuda":
-        raise ValueError(
-            "--mixed-precision fp16 needs a CUDA device (Accelerate runs CPU fp16 as float32 "
-            "with no loss scaling); use bf16 or no on the CPU"
-        )
-    rank, world = accelerator.process_index, accelerator.num_processes
-    device = accelerator.device
-    # Control messages (stop requests, consistency checksums) go over gloo on the CPU, so
-    # agreeing on them never waits on the GPU's stream.
-    control = (
-        torch.distributed.new_group(backend="gloo", timeout=timedelta(seconds=cfg.dist_timeout))
-        if world > 1
-        else None
-    )
-
-    # One run directory for all ranks: the main process names it.
-    run_dir_box = [cfg.run_dir or default_run_dir(cfg)]
-    broadcast_object_list(run_dir_box)
-    cfg.run_dir = run_dir_box[0]
-    run_dir = Path(cfg.run_dir)
-    resume_from = find_resume(cfg.resume, run_dir)
-
-    syn_dir, real_dir, manifest = prepare_data(cfg, accelerator)
-    image_shape = tuple(manifest.image_shape)  # (C, H, W)
-    channels = image_shape[0]
-    if cfg.psi == "channel_mean" and channels == 1:
-        raise ValueError("--psi channel_mean needs colour images; these shards have 1 channel")
-
-    # Identical initial weights on every rank without relying on DDP's broadcast.
-    torch.manual_seed(cfg.seed)
-    refiner, discriminator = build_models(cfg, channels)
-    state: dict[str, Any] | None = None
-    notes: list[str] = []
-    if resume_from is not None:
-        if checkpoint_image_shape(resume_from) != image_shape:
-            raise ValueError(
-                f"{resume_from}: trained on images {checkpoint_image_shape(resume_from)}, "
-                f"these shards hold {image_shape}"
-            )
-        load_weights(resume_from, refiner, discriminator)
-        state = load_state(resume_from)
-        notes = config_changes(load_config(resume_from / "config.json"), cfg)
-        if state["world_size"] != world:
-            notes.append(
-                f"world size {state['world_size']} -> {world}: global batch "
-                f"{state['world_size'] * cfg.batch_size} -> {world * cfg.batch_size}, each "
-                "rank's data stream and RNG start afresh (the buffer and weights carry over)"
-            )
-    opt_r = make_optimizer(cfg, refiner.parameters(), cfg.lr_r)
-    opt_d = make_optimizer(cfg, discriminator.parameters(), cfg.lr_d)
-    refiner, discriminator, opt_r, opt_d = accelerator.prepare(refiner, discriminator, opt_r, opt_d)
-    # Forward passes that must not involve DDP (no-grad refinement, R's loss through D) use the
-    # raw modules: D's gradients are never computed, all-reduced or stepped in an R step.
-    r_raw = accelerator.unwrap_model(refiner)
-    d_raw = accelerator.unwrap_model(discriminator)
-    comm = CommCounter()
-    if world > 1:
-        refiner.register_comm_hook(None, comm.ddp_hook("r_grads"))
-        discriminator.register_comm_hook(None, comm.ddp_hook("d_grads"))
-    psi = PSI[cfg.psi]
-    # What D looks at: the images, blurred alike for real and refined with --disc-blur.
-    d_view = GaussianBlur(cfg.disc_blur, channels).to(device)
-    # D's verdicts: per patch (paper) or pooled to one per image (the global-loss ablation).
-    verdicts = global_logits if cfg.adversarial == "global" else (lambda logits: logits)
-
-    history = (
-        HistoryBuffer(
-            cfg.history_size,
-            image_shape,
-            seed=cfg.seed,
-            device=device,
-            dtype=history_dtype(accelerator),
-        )  # fmt: skip
-        if cfg.history
-        else None
-    )
-    counters = Counters()
-    if state is not None:
-        opt_r.load_state_dict(state["opt_r"])
-        opt_d.load_state_dict(state["opt_d"])
-        if accelerator.scaler is not None and state.get("scaler"):
-            accelerator.scaler.load_state_dict(state["scaler"])
-        counters = Counters(**state["counters"])
-        if history is not None and state["history"] is not None:
-            history.load_state_dict(state["history"])
-        elif history is not None:
-            notes.append("the checkpoint has no history buffer: it starts empty")
-        if state["world_size"] == world:
-            set_rng_state(state["rng"][rank])
-
-    # Separate streams per domain, images only: SimGAN never reads a label. The loaders never
-    # go through accelerator.prepare (it would re-shard or broadcast them). Each restarts where
-    # this rank left off: R and D steps each take one synthetic batch, D steps one real batch.
-    syn_start, real_start = counters.r_steps + counters.d_steps, counters.d_steps
-    skipped = {domain: {"blocks": 0, "images": 0} for domain in ("synthetic", "real")}
-    loaders = {}
-    if streams is None:
-        starts = {"synthetic": syn_start, "real": real_start}
-        for i, (domain, directory) in enumerate((("synthetic", syn_dir), ("real", real_dir))):
-            loaders[domain] = data.make_loader(
-                directory, cfg.batch_size, rank, world, cfg.seed * 2 + i, cfg.num_workers,
-                labels=(), on_error=cfg.on_bad_shard, start=starts[domain],
-            )  # fmt: skip
-            skipped[domain]["shards"] = len(loaders[domain].dataset.skipped_shards)
-        syn_batches = batches(loaders["synthetic"], device, skipped["synthetic"])
-        real_batches = batches(loaders["real"], device, skipped["real"])
-    else:
-        syn_it, real_it = streams(rank, world, syn_start, real_start)
-        syn_batches = (to_unit_range(x.to(device)) for x in syn_it)
-        real_batches = (to_unit_range(x.to(device)) for x in real_it)
-
-    writer: SummaryWriter | None = None
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.to_json())
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
-        if resume_from is not None:
-            print(f"resuming from {resume_from} at step {counters.step}", flush=True)
-            for note in notes:
-                print(f"  changed: {note}", flush=True)
-    # The same eyes in every grid, and whatever the resume point: the first of each set.
-    grid_syn, grid_real = (
-        to_unit_range(data.first_images(d, cfg.grid_rows, on_error=cfg.on_bad_shard)).to(device)
-        for d in (syn_dir, real_dir)
-    )
-
-    def finite_everywhere(loss: torch.Tensor) -> bool:
-        # --on-nonfinite skip only: a host sync, and every rank takes the same decision.
-        ok = torch.isfinite(loss.detach()).all().float()
-        return bool(accelerator.reduce(ok, reduction="sum").item() == world)
-
-    def d_checksum() -> torch.Tensor:
-        return tensor_checksums(named_state("discriminator", d_raw))
-
-    def refiner_step(adversarial: bool, check: bool) -> None:
-        syn = next(syn_batches)
-        d_before = d_checksum() if check and adversarial else None
-        with accelerator.autocast():
-            refined = refiner(syn)
-            reg = self_regularization_loss(refined, syn, psi).mean()
-            if adversarial:
-                d_raw.requires_grad_(False)
-                adv = local_adversarial_loss(verdicts(d_raw(d_view(refined))), REAL).mean()
-                loss = adv + cfg.lambda_reg * reg
-            else:
-                loss = reg
-        counters.r_steps += 1
-        if cfg.on_nonfinite == "skip" and not finite_everywhere(loss):
-            d_raw.requires_grad_(True)
-            counters.skipped += 1
-            return
-        opt_r.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        opt_r.step()
-        d_raw.requires_grad_(True)
-        if d_before is not None and not torch.equal(d_before, d_checksum()):
-            raise RuntimeError(f"rank {rank}: a refiner step changed D at step {counters.step}")
-        extra = {"r_adv": adv} if adversarial else {}
-        meter.add(
-            counters.step + 1, r_reg=reg, r_loss=loss, r_saturated=saturated_fraction(refined),
-            **extra,
-        )  # fmt: skip
-
-    def discriminator_step() -> None:
-        syn = next(syn_batches)
-        real = next(real_batches)
-        with torch.no_grad(), accelerator.autocast():
-            refined = r_raw(syn).float()  # (b, C, H, W)
-        fake = refined
-        if history is not None:
-            # Half current (even positions: the same images whether the global batch is split
-            # over ranks or not), half from the buffer once it holds enough.
-            current = refined[0::2]  # (b/2, C, H, W)
-            # Exchanged in the buffer's dtype: what is stored is all that needs to travel.
-            gathered = accelerator.gather(current.to(history.images.dtype).contiguous())
-            comm.add("d_history", (gathered.numel() - current.numel()) * gathered.element_size())
-            n_global = gathered.shape[0]  # W * b/2
-            if len(history) >= n_global:
-                idx = history.sample_indices(n_global)
-                n_local = current.shape[0]
-                mine = idx[rank * n_local : (rank + 1) * n_local].to(device, non_blocking=True)
-                fake = torch.cat([current, history.images[mine].float()])
-            history.push(gathered)
-        with accelerator.autocast():
-            logits = verdicts(discriminator(d_view(torch.cat([fake, real]))))  # (2b, 2, h, w)
-            logits_fake, logits_real = logits[: fake.shape[0]], logits[fake.shape[0] :]
-            loss_fake = local_adversarial_loss(logits_fake, REFINED).mean()
-            loss_real = local_adversarial_loss(logits_real, REAL).mean()
-            loss = loss_fake + loss_real
-        counters.d_steps += 1
-        if cfg.on_nonfinite == "skip" and not finite_everywhere(loss):
-            counters.skipped += 1
-            return
-        opt_d.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        opt_d.step()
-        meter.add(
-            counters.step + 1,  # the step being taken, as checkpoints and logs number it
-            d_loss=loss,
-            d_acc_refined=patch_accuracy(logits_fake.detach(), REFINED).mean(),
-            d_acc_real=patch_accuracy(logits_real.detach(), REAL).mean(),
-        )
-
-    def save_grid(step: int) -> None:
-        with torch.no_grad(), accelerator.autocast():
-            refined = r_raw(grid_syn).float()
-        picture = grid([grid_syn, refined, grid_real])
-        save_png(picture, run_dir / "images" / f"step-{step:08d}.png")
-        assert writer is not None
-        writer.add_image("synthetic|refined|real", picture, step, dataformats="HWC")
-
-    def check_finite(step: int) -> None:
-        bad = meter.first_nonfinite(accelerator)
-        if bad is not None:
-            names, at = bad
-            raise FloatingPointError(
-                f"non-finite {', '.join(names)} at step {at} (checked at step {step}); the last "
-                f"checkpoint in {run_dir / 'checkpoints'} is untouched (or pass "
-                "--on-nonfinite skip)"
-            )
-
-    def check_consistency(step: int) -> None:
-        tensors = named_state("refiner", r_raw) | named_state("discriminator", d_raw)
-        try:
-            check_rank_consistency(tensors, world, control)
-        except RuntimeError as err:
-            raise RuntimeError(f"step {step}: {err}") from None
-
-    def checkpoint(step: int) -> Path | None:
-        check_finite(step)
-        check_consistency(step)
-        rngs = [None] * world
-        if world > 1:
-            torch.distributed.all_gather_object(rngs, rng_state(), group=control)
-        else:
-            rngs = [rng_state()]
-        path = None
-        if accelerator.is_main_process:
-            state = {
-                "opt_r": opt_r.state_dict(),
-                "opt_d": opt_d.state_dict(),
-                "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
-                "history": history.state_dict() if history is not None else None,
-                "counters": dataclasses.asdict(counters),
-                "rng": rngs,
-                "world_size": world,
-            }
-            path = save_checkpoint(
-                run_dir,
-                step,
-                refiner=r_raw,
-                discriminator=d_raw,
-                state=state,
-                config=cfg,
-                image_shape=image_shape,
-                keep=cfg.keep_checkpoints,
-            )
-        accelerator.wait_for_everyone()
-        return path
-
-    warned_saturation = [False]
-
-    def warn_if_saturated(step: int, stats: dict[str, float]) -> None:
-        fraction = stats.get("r_saturated", 0.0)
-        if fraction <= SATURATION_WARNING or warned_saturation[0]:
-            return
-        warned_saturation[0] = True  # once: a collapsed run stays collapsed
-        if accelerator.is_main_process:
-            print(
-                f"distsim.train: warning: step {step}: {100 * fraction:.0f}% of refined pixels "
-                "are at -1 or 1, so the refiner's tanh has saturated and its gradients vanish; "
-                f"it seldom recovers (see {run_dir / 'images'}). A lower --lr-d or --lr-r may "
-                "help.",
-                file=sys.stderr, flush=True,
-            )  # fmt: skip
-
-    def log_scalars(step: int, phase: str, stats: dict[str, float], since: Counters) -> None:
-        if cfg.on_bad_shard == "skip":
-            counts = [skipped[d][k] for d in sorted(skipped) for k in sorted(skipped[d])]
-            total_skipped = accelerator.reduce(
-                torch.tensor(counts, device=device, dtype=torch.float64), reduction="sum"
-            ).tolist()
-            names = [f"data/skipped_{k}_{d}" for d in sorted(skipped) for k in sorted(skipped[d])]
-            stats = stats | dict(zip(names, total_skipped, strict=True))
-        sent = comm.pop()
-        if writer is None:
-            return
-        for k, v in stats.items():
-            tag = k if phase == "adversarial" or k.startswith("data/") else f"{phase}/{k}"
-            writer.add_scalar(tag, v, step)
-        seconds = time.perf_counter() - log_clock[0]
-        log_clock[0] = time.perf_counter()
-        steps_r, steps_d = counters.r_steps - since.r_steps, counters.d_steps - since.d_steps
-        # Synthetic images through R per second, all ranks: the refiner's throughput.
-        writer.add_scalar(
-            "images_per_second", (steps_r + steps_d) * cfg.batch_size * world / seconds, step
-        )
-        # Bytes this (main) rank handed to collectives, per R or D step.
-        for label, nbytes in sent.items():
-            per = steps_r if label.startswith("r_") else steps_d
-            if per:
-                writer.add_scalar(f"comm/{label}_bytes_per_step", nbytes / per, step)
-        writer.add_scalar("nonfinite_skipped", counters.skipped, step)
-        if history is not None:
-            writer.add_scalar("history_filled", len(history), step)
-
-    log_clock = [time.perf_counter()]
-    meter = Meter()
-    stop = StopRequest(control).install()
+    run = Run(cfg, accelerator, streams)
+    counters, main_process = run.counters, run.accelerator.is_main_process
     total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
-    bar = tqdm(
-        total=total,
-        initial=counters.step,
-        disable=not (cfg.progress and accelerator.is_main_process),
-        desc="train",
-        dynamic_ncols=True,
-    )
-    started = time.perf_counter()
-    first_step = counters.step
-    last_log = dataclasses.replace(counters)
+    bar = tqdm(total=total, initial=counters.step, desc="train", dynamic_ncols=True,
+               disable=not (cfg.progress and main_process))  # fmt: skip
+    started, first_step = time.perf_counter(), counters.step
     try:
         while counters.step < total:
             phase = counters.phase(cfg)
             check = cfg.check_every > 0 and (counters.step + 1) % cfg.check_every == 0
             if phase == "pretrain_r":
-                refiner_step(adversarial=False, check=check)
+                run.refiner_steps(1, adversarial=False, check=check)
             elif phase == "pretrain_d":
-                discriminator_step()
+                run.discriminator_steps(1)
             else:
-                for _ in range(cfg.k_g):
-                    refiner_step(adversarial=True, check=check)
-                for _ in range(cfg.k_d):
-                    discriminator_step()
+                run.refiner_steps(cfg.k_g, adversarial=True, check=check)
+                run.discriminator_steps(cfg.k_d)
             counters.step += 1
             step = counters.step
             bar.update(1)
 
             if step % cfg.log_every == 0 or step == total:
-                check_finite(step)
-                stats = meter.pop(accelerator)
-                log_scalars(step, phase, stats, last_log)
-                warn_if_saturated(step, stats)
-                last_log = dataclasses.replace(counters)
+                stats = run.log(step, phase)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
                 bar.set_description(phase)
             if check:
-                check_consistency(step)
-            if accelerator.is_main_process and (step % cfg.image_every == 0 or step == total):
-                save_grid(step)
-            signum = stop.poll()
+                run.check_consistency(step)
+            if main_process and (step % cfg.image_every == 0 or step == total):
+                run.save_grid(step)
+            signum = run.stop.poll()
             if step % cfg.ckpt_every == 0 or step == total or signum:
-                path = checkpoint(step)
+                path = run.checkpoint(step)
             if signum:
                 name = signal.Signals(signum).name
                 raise Preempted(
                     f"stopped by {name} after step {step}; checkpoint "
-                    f"{path or latest_checkpoint(run_dir)}; continue with --resume auto "
-                    f"--run-dir {run_dir}"
+                    f"{path or latest_checkpoint(run.run_dir)}; continue with --resume auto "
+                    f"--run-dir {run.run_dir}"
                 )
     finally:
-        stop.uninstall()
         bar.close()
-        for loader in loaders.values():
-            loader.close()
-        if writer is not None:
-            writer.close()
-    accelerator.wait_for_everyone()
-    elapsed = time.perf_counter() - started
-    if accelerator.is_main_process:
+        run.close()
+    run.accelerator.wait_for_everyone()
+    if main_process:
+        elapsed = time.perf_counter() - started
         print(
-            f"done: steps {first_step}-{total} in {elapsed:.1f}s; run directory {run_dir}",
+            f"done: steps {first_step}-{total} in {elapsed:.1f}s; run directory {run.run_dir}",
             flush=True,
         )
-    return run_dir
+        if run.probe is not None:
+            print(
+                f"realism scores took {run.realism_seconds:.1f}s "
+                f"({100 * run.realism_seconds / elapsed:.1f}% of the run)",
+                flush=True,
+            )
+    return run.run_dir
 
 
 def main(argv: list[str] | None = None) -> int:

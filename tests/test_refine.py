@@ -153,6 +153,7 @@ def test_cli_is_deterministic_and_records_the_checkpoint(setup, tmp_path) -> Non
     assert recorded == {
         "path": str(ckpt.resolve()),
         "step": int(ckpt.name.split("-")[1]),
+        "weights": "raw",  # the run kept no weight average
         "refiner_sha256": file_sha256(ckpt / "refiner.safetensors"),
     }
 
