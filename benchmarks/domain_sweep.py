@@ -14,9 +14,10 @@ Nothing here reads a test split: the report (``python -m distsim.report gaze``) 
 seeds 2000+, which no choice made with this script has seen.
 
 Appends one JSON line per (variant, domain) to DIR/results.jsonl, with the estimator's error,
-the pupil shift, and D's curves summarised from TensorBoard (mean accuracies over the last
-half of the adversarial phase, and how much they swing from one log step to the next);
-pairs already in the file are skipped, so the sweep resumes where it stopped.
+the pupil shift, D's curves summarised from TensorBoard (mean accuracies over the last half
+of the adversarial phase, and how much they swing from one log step to the next), and the
+realism scores of every checkpoint; a run with a weight average is also scored with its last
+weights ("raw"). Pairs already in the file are skipped, so the sweep resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ if __package__ in (None, ""):
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from distsim.checkpoint import has_ema, realism_scores
 from distsim.config import make_config
 from distsim.data import first_images
 from distsim.evaluate import train_and_test_many
+from distsim.refine import load_refiner, refine_shards
 from distsim.report import pupil_shift, train_and_refine
 from distsim.sim.eyes import REAL_DOMAINS
 from shards.sources.sim_eyes import convert_sim_eyes
@@ -107,23 +110,36 @@ def main() -> None:
             if (name, domain) in done:
                 continue
             started = time.time()
+            # Every checkpoint is kept, so that any of them can be scored later.
             cfg = make_config(
                 args.preset, seed=args.seed, builtin_real=domain, progress=False,
                 run_dir=str(work / f"run-{name}-{domain}"), cache_dir=str(work / "cache"),
-                resume="auto", **overrides,
+                resume="auto", keep_checkpoints=0, **overrides,
             )  # fmt: skip
             refined = train_and_refine(cfg, syn, work / f"refined-{name}-{domain}")
             trained = time.time() - started
             r = train_and_test_many(refined, [tests[domain]], **ESTIMATOR)[0]
             adversarial_from = cfg.pretrain_r_steps + cfg.pretrain_d_steps
-            record({
+            row = {
                 "variant": name, "domain": domain, "overrides": overrides, "seed": args.seed,
                 "err": r["mean_angular_error_deg"], "w7": r["within_7deg_pct"],
                 "pupil": pupil_shift(syn, refined, 1000),
                 "mean_intensity": first_images(refined, 1000).float().mean().item(),
                 "d": d_curves(Path(cfg.run_dir), adversarial_from),
-                "seconds": {"simgan_and_refine": trained, "total": time.time() - started},
-            })  # fmt: skip
+                "realism": realism_scores(cfg.run_dir),
+            }  # fmt: skip
+            if has_ema(cfg.run_dir):
+                # The same run's last weights, for the average's effect.
+                raw = work / f"refined-{name}-{domain}-raw"
+                if not (raw / "manifest.json").is_file():
+                    refiner, info, shape = load_refiner(cfg.run_dir, "raw")
+                    refine_shards(refiner, syn, raw, checkpoint=info, trained_shape=shape,
+                                  num_workers=0)  # fmt: skip
+                r = train_and_test_many(raw, [tests[domain]], **ESTIMATOR)[0]
+                row["raw"] = {"err": r["mean_angular_error_deg"], "w7": r["within_7deg_pct"],
+                              "pupil": pupil_shift(syn, raw, 1000)}  # fmt: skip
+            row["seconds"] = {"simgan_and_refine": trained, "total": time.time() - started}
+            record(row)
 
 
 if __name__ == "__main__":

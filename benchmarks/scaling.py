@@ -133,9 +133,10 @@ def measure(cache: Path) -> list[dict]:
     return rows
 
 
-def iteration_flops(preset: str) -> dict[str, float]:
-    """FLOPs of one adversarial iteration (K_g R steps + K_d D steps) on one rank."""
-    cfg = make_config(preset)
+def iteration_flops(preset: str, batch: int | None = None) -> dict[str, float]:
+    """FLOPs of one adversarial iteration (K_g R steps + K_d D steps) on one rank; the D
+    step refines only the b/2 images it uses (step.py)."""
+    cfg = make_config(preset, **({"batch_size": batch} if batch else {}))
     c, h, w = (1, 35, 55) if cfg.disc_arch == "eyes" else (1, 224, 224)
     b = cfg.batch_size
     with torch.device("meta"):
@@ -152,8 +153,8 @@ def iteration_flops(preset: str) -> dict[str, float]:
         counter = FlopCounterMode(display=False)
         with counter:
             with torch.no_grad():
-                fake = refiner(syn)
-            logits = disc(torch.cat([fake, real]))
+                fake = refiner(syn[: b // 2])
+            logits = disc(torch.cat([fake, fake, real]))
             loss = local_adversarial_loss(logits[:b], REFINED).mean()
             loss = loss + local_adversarial_loss(logits[b:], REAL).mean()
             loss.backward()
@@ -173,10 +174,13 @@ def iteration_flops(preset: str) -> dict[str, float]:
     }
 
 
-def comm_model(f: dict, world: int, image_bytes: int = 2) -> dict[str, float]:
-    """Bytes each rank hands to collectives per iteration, and the time they take."""
+def comm_model(
+    f: dict, world: int, image_bytes: int = 2, sharded: bool = False
+) -> dict[str, float]:
+    """Bytes each rank hands to collectives per iteration, and the time they take. A sharded
+    history buffer exchanges no images (history.py)."""
     c, h, w = f["image"]
-    gather = (world - 1) * (f["batch"] // 2) * c * h * w * image_bytes  # received, bf16 buffer
+    gather = 0 if sharded else (world - 1) * (f["batch"] // 2) * c * h * w * image_bytes
     grads_r, grads_d = 4 * f["r_params"], 4 * f["d_params"]  # fp32 gradients
     # Ring all-reduce moves 2 (W-1)/W of the payload through each rank's link.
     ring = 2 * (world - 1) / world
@@ -184,7 +188,8 @@ def comm_model(f: dict, world: int, image_bytes: int = 2) -> dict[str, float]:
     inter = world > 8
     bw = (HW["ib_gbs"] if inter else HW["nvlink_gbs"]) * 1e9
     hop = (HW["latency_us_inter"] if inter else HW["latency_us_intra"]) * 1e-6
-    collectives = f["k_g"] + 2 * f["k_d"]  # R all-reduce per R step; gather + all-reduce per D
+    # R all-reduce per R step; per D step the D all-reduce, and the gather when replicated.
+    collectives = f["k_g"] + f["k_d"] * (1 if sharded else 2)
     latency = collectives * 2 * math.log2(world) * hop
     return {
         "payload_bytes": {
@@ -197,31 +202,38 @@ def comm_model(f: dict, world: int, image_bytes: int = 2) -> dict[str, float]:
     }
 
 
-def model() -> dict:
+def model(batches: dict[str, list[int]] | None = None) -> dict:
+    """Weak scaling at 8, 64 and 256 GPUs for both buffer layouts, at each preset's batch
+    and, for the eyes, at a larger per-GPU batch (its compute per step grows, the collectives
+    do not)."""
+    batches = batches or {"eyes": [64, 128], "hands": [16]}
     out = {"hardware_assumptions": HW, "presets": {}}
-    for preset in ("eyes", "hands"):
-        f = iteration_flops(preset)
-        tflops = HW["tflops_eyes"] if preset == "eyes" else HW["tflops_hands"]
-        compute = f["iteration_flops"] / (tflops * 1e12)
-        rows = {}
-        for world in (8, 64, 256):
-            comm = comm_model(f, world)
-            # No overlap assumed (DDP does overlap the gradient all-reduce with backward, so
-            # this is a lower bound on efficiency).
-            eff = compute / (compute + comm["comm_s"])
-            rows[world] = {**comm, "compute_s": compute, "weak_scaling_efficiency": eff}
-        out["presets"][preset] = {"flops": f, "worlds": rows}
-        print(
-            f"{preset}: batch {f['batch']}/GPU, {f['iteration_flops'] / 1e9:.1f} GFLOP per "
-            f"iteration -> {compute * 1e3:.2f} ms at {tflops:.0f} TFLOP/s; R {f['r_params']:,} "
-            f"and D {f['d_params']:,} parameters"
-        )
-        for world, r in rows.items():
+    for preset, sizes in batches.items():
+        for batch in sizes:
+            f = iteration_flops(preset, batch)
+            tflops = HW["tflops_eyes"] if preset == "eyes" else HW["tflops_hands"]
+            compute = f["iteration_flops"] / (tflops * 1e12)
+            rows = {}
+            for layout in ("replicated", "sharded"):
+                for world in (8, 64, 256):
+                    comm = comm_model(f, world, sharded=layout == "sharded")
+                    # No overlap assumed: these models' gradients fit one DDP bucket, whose
+                    # all-reduce starts only when backward ends.
+                    eff = compute / (compute + comm["comm_s"])
+                    rows[f"{layout}-{world}"] = {**comm, "compute_s": compute,
+                                                 "weak_scaling_efficiency": eff}  # fmt: skip
+            out["presets"][f"{preset}-b{batch}"] = {"flops": f, "worlds": rows}
             print(
-                f"  W={world:3d}: {r['bytes_per_iteration'] / 1e6:8.2f} MB/iteration/rank, "
-                f"comm {r['comm_s'] * 1e3:6.3f} ms -> efficiency "
-                f"{100 * r['weak_scaling_efficiency']:.1f}%"
+                f"{preset}: batch {batch}/GPU, {f['iteration_flops'] / 1e9:.1f} GFLOP per "
+                f"iteration -> {compute * 1e3:.2f} ms at {tflops:.0f} TFLOP/s; R "
+                f"{f['r_params']:,} and D {f['d_params']:,} parameters"
             )
+            for key, r in rows.items():
+                print(
+                    f"  {key:15s}: {r['bytes_per_iteration'] / 1e6:8.2f} MB/iteration/rank, "
+                    f"comm {r['comm_s'] * 1e3:6.3f} ms -> efficiency "
+                    f"{100 * r['weak_scaling_efficiency']:.1f}%"
+                )
     return out
 
 

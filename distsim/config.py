@@ -89,6 +89,10 @@ class Config:
     # "local": a real/refined decision per patch (the paper); "global": one per image (ablation).
     adversarial: str = "local"
     history_size: int = 6400  # B slots, global across ranks
+    # replicated: every rank holds all B slots, and each D step all-gathers the new images
+    # (exactly world-size invariant). sharded: each rank holds B/W slots of its own images and
+    # nothing is exchanged (see history.py). auto: replicated up to 8 ranks, sharded above.
+    history_mode: str = "auto"
     # Half-life, in refined images, of an exponential moving average of R's weights, which
     # refine and the grids then use (0: none). See ema.py.
     ema_halflife: float = 0.0
@@ -99,6 +103,9 @@ class Config:
     channels_last: bool = False
     compile: bool = False
     compile_mode: str = "default"
+    # Bitwise-reproducible GPU runs: deterministic cuDNN and cuBLAS kernels instead of the
+    # fastest ones (cudnn.benchmark), at some cost in speed. CPU runs are always reproducible.
+    deterministic: bool = False
 
     # Precision: empty takes what `accelerate launch` says; otherwise no | bf16 | fp16.
     mixed_precision: str = ""
@@ -178,6 +185,7 @@ class Config:
             "mixed_precision": ("", "no", "bf16", "fp16"),
             "on_nonfinite": ("stop", "skip"),
             "builtin_real": REAL_DOMAINS,
+            "history_mode": ("auto", "replicated", "sharded"),
             "compile_mode": (
                 "default",
                 "reduce-overhead",
@@ -308,10 +316,13 @@ HELP: dict[str, str] = {
     "adam_beta1": "Adam's beta1 for both optimizers (GANs often use 0.5)",
     "history": "show D half history-buffer images (--no-history: the paper's ablation)",
     "history_size": "history buffer slots, global across ranks",
+    "history_mode": "replicated (all-gathered, exact), sharded (B/W slots per rank, no "
+    "exchange) or auto (replicated up to 8 ranks)",
     "ema_halflife": "half-life in images of the refiner's weight average (0: none)",
     "channels_last": "channels-last (NHWC) activations",
     "compile": "torch.compile the two updates (falls back to eager, saying why)",
     "compile_mode": "torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune",
+    "deterministic": "bitwise-reproducible GPU kernels instead of the fastest (cudnn.benchmark)",
     "adversarial": "local (a decision per patch, the paper) or global (one per image, ablation)",
     "mixed_precision": "no, bf16 or fp16 (default: what accelerate launch says)",
     "resume": "auto (newest checkpoint in --run-dir, if any) or a checkpoint or run directory",
@@ -419,6 +430,8 @@ LEGACY: dict[str, Any] = {
     "compile": False,
     "compile_mode": "default",
     "realism_images": 0,
+    "deterministic": False,
+    "history_mode": "replicated",
 }
 
 

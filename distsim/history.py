@@ -14,6 +14,14 @@ Buffer semantics (one logical global buffer, whatever the number of ranks):
   as single-process training with the global batch would. Drawing on the device keeps the
   hot step free of host work and host-to-device copies.
 
+Sharded (``--history-mode sharded``): with W ranks, each rank keeps B/W slots of its own
+refined images, pushes its own b/2 per D step and samples its b/2 from them, with a generator
+of its own. Nothing is exchanged. Each slot is then replaced at the same rate as in the
+global buffer (b/2 new images into B/W slots, against W b/2 into B), so the age of a sampled
+image (how many D steps ago it was refined) has the same distribution: each sample is uniform
+over the last ~B refined images of the run, drawn from the sampling rank's share of them.
+What is lost is exact world-size invariance (which images share a batch differs).
+
 The buffer knows nothing of ranks: the caller gathers images and slices samples.
 """
 
@@ -107,3 +115,21 @@ class HistoryBuffer:
             # A CPU generator's state means nothing to a CUDA one (and back): draw on from a
             # seed of (seed, count), deterministic though not the stream never stopping had.
             self.generator.manual_seed(self.seed * 1_000_003 + count)
+
+
+def merged_images(states: list[dict[str, object]]) -> torch.Tensor:
+    """Every image held by a list of buffer states (a sharded buffer's ranks, or one
+    replicated buffer), shard by shard: (N, C, H, W) on the CPU."""
+    images = [s["images"] for s in states]
+    assert all(isinstance(x, torch.Tensor) for x in images)
+    return torch.cat(images)  # type: ignore[arg-type]
+
+
+def deal(images: torch.Tensor, buffer: HistoryBuffer, rank: int, world: int) -> None:
+    """Fill `buffer` (rank `rank` of `world`) with its round-robin share of `images`, and seed
+    its generator from (its seed, rank): for a resume whose buffer layout changed."""
+    share = images[rank::world][: buffer.capacity]
+    buffer.images.zero_()
+    buffer.images[: len(share)] = share.to(buffer.images.device, buffer.images.dtype)
+    buffer.count = len(share)
+    buffer.generator.manual_seed(buffer.seed * 1_000_003 + rank)

@@ -93,6 +93,7 @@ class SimGANStep:
         adversarial: str = "local",
         d_view: nn.Module | None = None,
         history: HistoryBuffer | None = None,
+        sharded_history: bool = False,
         gather: Gather | None = None,
         rank: int = 0,
         world_size: int = 1,
@@ -112,8 +113,8 @@ class SimGANStep:
             raise ValueError(f"adversarial must be local or global, got {adversarial!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
-        if world_size > 1 and history is not None and gather is None:
-            raise ValueError("a history buffer over several ranks needs a gather function")
+        if world_size > 1 and history is not None and gather is None and not sharded_history:
+            raise ValueError("a replicated history buffer over ranks needs a gather function")
         self.refiner, self.discriminator = refiner, discriminator
         self.r_raw = raw_refiner if raw_refiner is not None else refiner
         self.d_raw = raw_discriminator if raw_discriminator is not None else discriminator
@@ -122,7 +123,9 @@ class SimGANStep:
         self.verdicts = global_logits if adversarial == "global" else _same
         self.d_view = d_view if d_view is not None else nn.Identity()
         self.history = history
-        self.gather = gather if gather is not None else _same
+        # Sharded: this rank's own B/W slots, nothing exchanged (history.py).
+        self.sharded_history = sharded_history and world_size > 1
+        self.gather = gather if gather is not None and not self.sharded_history else _same
         self.rank, self.world_size = rank, world_size
         self.device = next(self.r_raw.parameters()).device
         self.precision = precision
@@ -167,8 +170,10 @@ class SimGANStep:
         ``D_STATS_HISTORY`` stacked."""
         history = self.history
         b = synthetic.shape[0]
-        n_global = (b // 2) * self.world_size
-        mixing = history is not None and len(history) >= n_global
+        # Images pushed into (and sampled from) the buffer per D step: every rank's b/2 in a
+        # replicated buffer, this rank's own in a sharded one.
+        n_pushed = (b // 2) * (1 if self.sharded_history else self.world_size)
+        mixing = history is not None and len(history) >= n_pushed
         # Only what D sees is refined: the even positions (the same images whether a global
         # batch is split over ranks or not) once the buffer supplies the other half.
         current_syn = synthetic[0::2] if mixing else synthetic
@@ -180,7 +185,8 @@ class SimGANStep:
             # Exchanged in the buffer's dtype: what is stored is all that needs to travel.
             gathered = self.gather(new.to(history.images.dtype).contiguous())  # (W b/2, ...)
             if mixing:
-                mine = history.sample_indices(n_global)[self.rank * (b // 2) :][: b // 2]
+                drawn = history.sample_indices(n_pushed)
+                mine = drawn if self.sharded_history else drawn[self.rank * (b // 2) :][: b // 2]
                 fake = torch.cat([new, history.images[mine].to(new.dtype)])  # (b, C, H, W)
             history.push(gathered)
         real = real.contiguous(memory_format=self.memory_format)

@@ -56,7 +56,7 @@ from distsim.guards import (
     named_state,
     tensor_checksums,
 )
-from distsim.history import HistoryBuffer
+from distsim.history import HistoryBuffer, deal, merged_images
 from distsim.images import grid, save_png
 from distsim.losses import PSI
 from distsim.models import GaussianBlur
@@ -251,6 +251,29 @@ EXIT_PREEMPTED = 3
 SATURATION_WARNING = 0.5
 
 
+def set_gpu_kernels(*, deterministic: bool) -> None:
+    """The fastest kernels (cuDNN autotuning, TF32 matrix units) by default; with
+    `deterministic`, kernels that give the same bits on every run (cuBLAS needs its workspace
+    fixed before its first call)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def history_layout(mode: str, world: int) -> str:
+    """replicated or sharded for --history-mode `mode` on `world` ranks. auto: replicated up
+    to 8 ranks (one node: the all-gather rides NVLink and costs a few percent, and runs stay
+    exactly world-size invariant), sharded above (its traffic would grow with W over the
+    network: BENCHMARKS.md, "Distributed scaling")."""
+    if mode == "auto":
+        return "replicated" if world <= 8 else "sharded"
+    return "sharded" if world > 1 and mode == "sharded" else "replicated"
+
+
 def precision_of(cfg: Config, accelerator: Accelerator) -> str:
     """The precision actually used: the flag, else what `accelerate launch` said."""
     return cfg.mixed_precision or str(accelerator.mixed_precision or "no")
@@ -297,11 +320,7 @@ class Run:
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.device = device = accelerator.device
         if device.type == "cuda":
-            # Fastest kernels by default; README "Performance" says how to get bitwise-
-            # deterministic GPU runs instead.
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            set_gpu_kernels(deterministic=cfg.deterministic)
         # Control messages (stop requests, consistency checksums) go over gloo on the CPU, so
         # agreeing on them never waits on the GPU's stream.
         self.control = (
@@ -361,26 +380,15 @@ class Run:
         if self.world > 1:
             refiner_ddp.register_comm_hook(None, self.comm.ddp_hook("r_grads"))
             discriminator_ddp.register_comm_hook(None, self.comm.ddp_hook("d_grads"))
-        self.history = (
-            HistoryBuffer(
-                cfg.history_size,
-                self.image_shape,
-                seed=cfg.seed,
-                device=device,
-                dtype=history_dtype(self.precision),
-            )  # fmt: skip
-            if cfg.history
-            else None
-        )
+        self.sharded = cfg.history and history_layout(cfg.history_mode, self.world) == "sharded"
+        self.history = self._make_history() if cfg.history else None
         self.counters = Counters()
         if state is not None:
             opt_r.load_state_dict(state["opt_r"])
             opt_d.load_state_dict(state["opt_d"])
             self.counters = Counters(**state["counters"])
-            if self.history is not None and state["history"] is not None:
-                self.history.load_state_dict(state["history"])
-            elif self.history is not None:
-                self.notes.append("the checkpoint has no history buffer: it starts empty")
+            if self.history is not None:
+                self._resume_history(state)
             if state["world_size"] == self.world:
                 set_rng_state(state["rng"][self.rank])
         self.step = SimGANStep(
@@ -389,7 +397,8 @@ class Run:
             psi=PSI[cfg.psi], lambda_reg=cfg.lambda_reg, adversarial=cfg.adversarial,
             # What D looks at: the images, blurred alike for real and refined (--disc-blur).
             d_view=GaussianBlur(cfg.disc_blur, channels).to(device),
-            history=self.history, gather=self.comm.counted("d_history", accelerator.gather),
+            history=self.history, sharded_history=self.sharded,
+            gather=self.comm.counted("d_history", accelerator.gather),
             rank=self.rank, world_size=self.world, precision=self.precision,
             scaler=torch.amp.GradScaler(device.type, enabled=self.precision == "fp16"),
             noise_channels=cfg.refiner_noise, noise_seed=cfg.seed, ema=ema,
@@ -454,6 +463,40 @@ class Run:
         self.log_clock = time.perf_counter()
         self.last_log = dataclasses.replace(self.counters)
         self.warned_saturation = False
+
+    def _make_history(self) -> HistoryBuffer:
+        cfg = self.cfg
+        capacity, seed = cfg.history_size, cfg.seed
+        if self.sharded:
+            capacity = cfg.history_size // self.world
+            seed = cfg.seed * 1_000_003 + self.rank  # each rank draws its own slots
+            if capacity < cfg.batch_size:
+                raise ValueError(
+                    f"--history-size {cfg.history_size} sharded over {self.world} ranks leaves "
+                    f"{capacity} slots per rank, fewer than --batch-size {cfg.batch_size}; make "
+                    "it larger or use --history-mode replicated"
+                )
+        dtype = history_dtype(self.precision)
+        return HistoryBuffer(capacity, self.image_shape, seed=seed, device=self.device, dtype=dtype)
+
+    def _resume_history(self, state: dict[str, Any]) -> None:
+        """The checkpoint's buffer, exactly when its layout is this run's; re-dealt otherwise."""
+        assert self.history is not None
+        shards = state.get("history_shards")
+        if shards is None and state["history"] is None:
+            self.notes.append("the checkpoint has no history buffer: it starts empty")
+            return
+        if shards is None and not self.sharded:
+            self.history.load_state_dict(state["history"])  # a global buffer: any world size
+        elif shards is not None and self.sharded and len(shards) == self.world:
+            self.history.load_state_dict(shards[self.rank])
+        else:
+            images = merged_images(shards if shards is not None else [state["history"]])
+            rank, world = (self.rank, self.world) if self.sharded else (0, 1)
+            deal(images, self.history, rank, world)
+            before = f"sharded over {len(shards)} ranks" if shards is not None else "replicated"
+            now = f"sharded over {self.world} ranks" if self.sharded else "replicated"
+            self.notes.append(f"history buffer {before} -> {now}: its images were re-dealt")
 
     # --- the updates, with their guards ------------------------------------------------------
 
@@ -588,6 +631,11 @@ class Run:
             torch.distributed.all_gather_object(rngs, rng_state(), group=self.control)
         else:
             rngs = [rng_state()]
+        history: Any = self.history.state_dict() if self.history is not None else None
+        if self.sharded:  # every rank's own slots, saved together by rank 0
+            shards: list[Any] = [None] * self.world
+            torch.distributed.all_gather_object(shards, history, group=self.control)
+            history = shards
         path = None
         realism = self.score_realism(step)
         if self.accelerator.is_main_process:
@@ -597,7 +645,8 @@ class Run:
                 "opt_d": self.step.opt_d.state_dict(),
                 "scaler": step_state.pop("scaler"),
                 "step": step_state,
-                "history": self.history.state_dict() if self.history is not None else None,
+                "history": history if not self.sharded else None,
+                "history_shards": history if self.sharded else None,
                 "counters": dataclasses.asdict(self.counters),
                 "rng": rngs,
                 "world_size": self.world,

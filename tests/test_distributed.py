@@ -5,6 +5,7 @@ checkpoints on disk, real signals."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -230,3 +231,50 @@ def test_rank_consistency_check_names_the_tensor_that_differs(tmp_path, bad):
         assert all("a.weight" not in line for line in lines)
     else:
         assert lines == ["consistent", "consistent"]
+
+
+AGES = REPO / "tests" / "scripts" / "history_ages.py"
+
+
+def test_sharded_history_hands_out_images_as_old_as_a_global_buffer(tmp_path):
+    """2 gloo ranks with B/2 slots each, nothing exchanged, against one buffer of B slots fed
+    the global batch: the ages (in D steps) of the images sampled match."""
+    out = tmp_path / "ages.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(free_port()), str(AGES), str(out)]  # fmt: skip
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    sharded, replicated = torch.tensor(got["sharded"]), torch.tensor(got["replicated"])
+    assert len(sharded) == len(replicated) == 300 * 16
+    # B = 256 slots, 16 images in per step: each slot survives a step with p = 1 - 16/256, so
+    # the age is geometric with mean 256/16 - 1 = 15 steps (older than one full turnover).
+    for a in (sharded, replicated):
+        assert a.float().mean().item() == pytest.approx(15.0, rel=0.1)
+    for lo, hi in ((0, 5), (5, 15), (15, 30), (30, 10_000)):
+        fractions = [((a >= lo) & (a < hi)).float().mean().item() for a in (sharded, replicated)]
+        assert abs(fractions[0] - fractions[1]) < 0.03, (lo, hi, fractions)
+
+
+def test_sharded_history_trains_saves_every_shard_and_resumes_on_one_rank(tmp_path):
+    run_dir = tmp_path / "run"
+    common = ["--cache-dir", str(tmp_path / "cache"), "--no-progress", "--preset", "smoke",
+              "--history-mode", "sharded", "--history-size", "32"]  # fmt: skip
+    proc = run(launch(2, TRAIN, "--run-dir", str(run_dir), *common))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_state(run_dir)
+    assert state["history"] is None and len(state["history_shards"]) == 2
+    d_steps = 2 + 3  # smoke: pretrain_d_steps + steps * k_d
+    for shard in state["history_shards"]:
+        assert shard["capacity"] == 16 and shard["count"] == min(16, d_steps * 4)
+    # The two ranks' shards hold different images: each kept its own.
+    a, b = (s["images"] for s in state["history_shards"])
+    assert not torch.equal(a, b)
+    assert "comm/d_history_bytes_per_step" not in scalars(run_dir)  # nothing exchanged
+    # One process goes on with the same run: the shards are re-dealt into one buffer.
+    proc = run(launch(1, TRAIN, "--run-dir", str(run_dir), *common, "--resume", "auto",
+                      "--steps", "5"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "re-dealt" in proc.stdout
+    state = load_state(run_dir)
+    assert state["world_size"] == 1 and state["history"]["count"] == 32
