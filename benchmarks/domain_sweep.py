@@ -62,7 +62,15 @@ def d_curves(run_dir: Path, adversarial_from: int) -> dict[str, float]:
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
     out: dict[str, float] = {}
-    for tag in ("d_acc_real", "d_acc_refined", "d_acc_history", "d_loss", "r_change", "r_reg"):
+    for tag in (
+        "d_acc",
+        "d_acc_real",
+        "d_acc_refined",
+        "d_acc_history",
+        "d_loss",
+        "r_change",
+        "r_reg",
+    ):
         if tag not in acc.Tags()["scalars"]:
             continue
         events = [e for e in acc.Scalars(tag) if e.step > adversarial_from]

@@ -1,25 +1,33 @@
 """The paper's Table 2 experiment on the built-in eye benchmark, in one command.
 
     python -m distsim.report gaze --out reports/gaze [--preset cpu] [--simgan-flags '...']
-        [--seeds 0 1 2]
+        [--domains real real-lit real-ir] [--seeds 0 1 2]
         [--variants simgan no-history global] [--train-count 20000] [--test-count 5000]
         [--estimator-steps 1000] [--estimator-batch 128]
 
-For each seed: render `4 * train-count` labelled synthetic eyes and `test-count` labelled real
-eyes (a stream SimGAN never sees), train SimGAN once per variant on the built-in synthetic and
-unlabelled real shards, refine the synthetic eyes with it, then train the paper's gaze
-estimator on synthetic, synthetic 4x, refined and refined 4x eyes ("1x" is the first
-`train-count` images) and test each on the real eyes. It also measures how far refinement
-moves the pupil (distsim.pupil, located in each synthetic eye and in its refinement).
+For each seed: render `4 * train-count` labelled synthetic eyes, and for each real domain
+`test-count` labelled real eyes (a stream SimGAN never sees). Train the paper's gaze
+estimator on synthetic and synthetic 4x eyes ("1x" is the first `train-count` images) once,
+and test it on every domain. Then, per domain, train SimGAN once per variant on the built-in
+synthetic and that domain's unlabelled real shards, refine the synthetic eyes with its final
+refiner (the weight average when the run keeps one), and train and test the estimator on
+refined and refined 4x eyes. It also measures how far refinement moves the pupil
+(distsim.pupil) and how well a fresh classifier tells refined eyes from real ones
+(distsim.realism; the same test on unrefined eyes is the reference).
 
-Writes OUT/table.md (mean +- sd over seeds), OUT/report.json (every number),
-OUT/cumulative_error.png (mean curves over seeds, the paper's Figure 7) and, under OUT/work/,
-the runs and shard sets it made. Variants: `simgan` (the paper), `no-history` (D sees only
-current refined images) and `global` (one adversarial decision per image).
+Two more rows per domain for the full method, 1x only: "refined (last weights)", the same
+run's last refiner rather than its weight average (when it keeps one), and "refined (best by
+realism)", the checkpoint `refine --checkpoint best` would take, picked without labels
+(when that is not the final one).
+
+Writes OUT/table.md (one table per domain, mean +- sd over seeds), OUT/report.json (every
+number), OUT/cumulative_error_<domain>.png (mean curves over seeds, the paper's Figure 7) and,
+under OUT/work/, the runs and shard sets it made. Variants: `simgan` (the paper), `no-history`
+(D sees only current refined images) and `global` (one adversarial decision per image).
 
 Run again into the same OUT with the same settings, it reuses every row OUT/report.json holds,
-so adding a variant or a seed costs only the new rows. A report that died goes on from its
-last finished seed, and a SimGAN run it cut short resumes from its last checkpoint.
+so adding a variant, a domain or a seed costs only the new rows. A report that died goes on
+from its last finished domain, and a SimGAN run it cut short resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -34,10 +42,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from distsim.checkpoint import resolve_checkpoint
-from distsim.config import Config, resolve
+from distsim.checkpoint import best_checkpoint, has_ema, realism_scores, resolve_checkpoint
+from distsim.config import REAL_DOMAINS, Config, resolve
 from distsim.data import first_images
-from distsim.evaluate import plot_cumulative, train_and_test
+from distsim.evaluate import plot_cumulative, train_and_test_many
 from distsim.pupil import pupil_shift as distance_moved
 from distsim.refine import load_refiner, refine_shards
 from distsim.train import training_loop
@@ -45,7 +53,8 @@ from shards.cliutil import one_line, positive_int
 from shards.sources.sim_eyes import convert_sim_eyes
 
 PROG = "distsim.report"
-# Streams are keyed by seed: these never overlap the built-in shards SimGAN trains on (seed 0).
+# Streams are keyed by seed: these never overlap the built-in shards SimGAN trains on (seed 0)
+# or the validation streams settings were chosen on (benchmarks/domain_sweep.py: 3000, 5000).
 SYNTHETIC_SEED, TEST_SEED = 1000, 2000
 VARIANTS: dict[str, dict[str, Any]] = {
     "simgan": {},
@@ -53,6 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "global": {"adversarial": "global"},
 }
 PUPIL_SAMPLE = 1000  # eyes used for the pupil-shift measurement
+LAST_WEIGHTS, BEST_BY_REALISM = "refined (last weights)", "refined (best by realism)"
 # Settings that change a row's number; rows made under other values are never reused.
 ROW_SETTINGS = ("preset", "simgan_flags", "train_count", "test_count", "estimator_steps",
                 "estimator_batch", "width_mult")  # fmt: skip
@@ -68,7 +78,8 @@ def settings(args: argparse.Namespace) -> dict[str, str]:
 
 
 def finished_seeds(out: Path, args: argparse.Namespace) -> dict[int, dict[str, Any]]:
-    """Per-seed results an earlier report into `out` finished, if made with the same settings."""
+    """Per-seed results an earlier report into `out` finished, if made with the same settings:
+    {seed: {"seed": s, "domains": {domain: {"rows": ..., ...}}}}."""
     path = out / "report.json"
     if not path.is_file():
         return {}
@@ -89,8 +100,13 @@ def finished_seeds(out: Path, args: argparse.Namespace) -> dict[int, dict[str, A
             f"{path}: made with {flag} {before[k]!r}, not {now[k]!r}; "
             "use another --out or the same settings"
         )
-    tagged = ({**e, "seed": int(e.get("seed", s))} for e, s in zip(entries, order, strict=False))
-    return {e["seed"]: e for e in tagged}
+    done = {}
+    for entry, seed in zip(entries, order, strict=False):
+        seed = int(entry.get("seed", seed))
+        if "domains" not in entry:  # reports before several domains: the "real" domain only
+            entry = {"domains": {"real": {k: v for k, v in entry.items() if k != "seed"}}}
+        done[seed] = {"seed": seed, "domains": entry["domains"]}
+    return done
 
 
 def pupil_shift(synthetic: Path, refined: Path, n: int) -> dict[str, float]:
@@ -98,92 +114,165 @@ def pupil_shift(synthetic: Path, refined: Path, n: int) -> dict[str, float]:
     return {"mean": shift.mean().item(), "std": shift.std().item()}
 
 
-def train_and_refine(cfg: Config, synthetic: Path, out: Path) -> Path:
-    """Train SimGAN as configured, then refine `synthetic` into `out` with its final R (the
-    weight average when the run keeps one), unless an earlier call already did."""
-    ckpt = resolve_checkpoint(training_loop(cfg))
+def refine_with(ckpt: Path, synthetic: Path, out: Path, weights: str = "auto") -> Path:
+    """Refine `synthetic` into `out` with checkpoint `ckpt`, unless `out` already holds what
+    that checkpoint made."""
     if (out / "manifest.json").is_file():
         made_with = json.loads((out / "manifest.json").read_text())["source"]["checkpoint"]
-        if made_with["path"] == str(ckpt.resolve()):
+        if made_with["path"] == str(ckpt.resolve()) and weights in ("auto", made_with["weights"]):
             return out
-    refiner, info, trained_shape = load_refiner(ckpt)
+    refiner, info, trained_shape = load_refiner(ckpt, weights)
     refine_shards(refiner, synthetic, out, checkpoint=info, trained_shape=trained_shape,
                   num_workers=0)  # fmt: skip
     return out
 
 
+def train_and_refine(cfg: Config, synthetic: Path, out: Path) -> Path:
+    """Train SimGAN as configured, then refine `synthetic` into `out` with its final R (the
+    weight average when the run keeps one), unless an earlier call already did."""
+    return refine_with(resolve_checkpoint(training_loop(cfg)), synthetic, out)
+
+
 def run_seed(
-    args: argparse.Namespace, seed: int, work: Path, done: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """One seed's rows; rows already in `done` (an earlier run's entry) are reused, not rerun."""
-    done_rows: dict[str, Any] = (done or {}).get("rows", {})
-    done_pupils: dict[str, Any] = (done or {}).get("pupil_shift_px", {})
+    args: argparse.Namespace, seed: int, work: Path, done: dict[str, Any] | None = None,
+    save: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One seed's rows for every domain; rows already in `done` (an earlier run's entry) are
+    reused, not rerun. `save(entry)` is called after each domain, so a report that dies keeps
+    the domains it finished."""
+    done_domains: dict[str, Any] = (done or {}).get("domains", {})
     n = args.train_count
     syn = work / f"synthetic-s{seed}"
-    test = work / f"real-test-s{seed}"
     if not (syn / "manifest.json").is_file():
         convert_sim_eyes(syn, "synthetic", 4 * n, SYNTHETIC_SEED + seed, progress=False)
-    if not (test / "manifest.json").is_file():
-        convert_sim_eyes(test, "real", args.test_count, TEST_SEED + seed, progress=False)
+    tests = {}
+    for domain in args.domains:
+        # The "real" domain keeps its earlier directory name, so earlier reports resume.
+        tests[domain] = work / (f"real-test-s{seed}" if domain == "real" else
+                                f"{domain}-test-s{seed}")  # fmt: skip
+        if not (tests[domain] / "manifest.json").is_file():
+            convert_sim_eyes(tests[domain], domain, args.test_count, TEST_SEED + seed,
+                             progress=False)  # fmt: skip
 
-    def estimator(train_dir: Path, count: int) -> dict[str, Any]:
-        return train_and_test(
-            train_dir, test, steps=args.estimator_steps, batch_size=args.estimator_batch,
-            seed=seed, train_count=count, width_mult=args.width_mult, num_workers=0,
+    def estimate(train_dir: Path, count: int, domains: list[str]) -> list[dict[str, Any]]:
+        return train_and_test_many(
+            train_dir, [tests[d] for d in domains], steps=args.estimator_steps,
+            batch_size=args.estimator_batch, seed=seed, train_count=count,
+            width_mult=args.width_mult, num_workers=0,
         )  # fmt: skip
 
-    rows: dict[str, Any] = {
-        name: done_rows[name] if name in done_rows else estimator(syn, count)
-        for name, count in (("synthetic", n), ("synthetic 4x", 4 * n))
+    entry: dict[str, Any] = {"seed": seed, "domains": {}}
+    for domain in args.domains:
+        old = done_domains.get(domain, {})
+        entry["domains"][domain] = {
+            "rows": dict(old.get("rows", {})),
+            "pupil_shift_px": dict(old.get("pupil_shift_px", {})),
+            "realism": dict(old.get("realism", {})),
+        }
+    # The synthetic rows: one training each, tested on every domain that lacks them.
+    for name, count in (("synthetic", n), ("synthetic 4x", 4 * n)):
+        missing = [d for d in args.domains if name not in entry["domains"][d]["rows"]]
+        if missing:
+            for d, result in zip(missing, estimate(syn, count, missing), strict=True):
+                entry["domains"][d]["rows"][name] = result
+    for domain in args.domains:
+        here = entry["domains"][domain]
+        for variant in args.variants:
+            name = row_name(variant)
+            wanted = [name, f"{name} 4x"]
+            if variant == "simgan":
+                wanted += [LAST_WEIGHTS, BEST_BY_REALISM]
+            if all(k in here["rows"] for k in wanted) and name in here["pupil_shift_px"]:
+                continue
+            run_simgan(args, seed, work, domain, variant, syn, estimate, here)
+        if save is not None:
+            save(entry)
+    return entry
+
+
+def run_simgan(
+    args: argparse.Namespace, seed: int, work: Path, domain: str, variant: str, syn: Path,
+    estimate: Any, here: dict[str, Any],
+) -> None:  # fmt: skip
+    """Train one SimGAN variant against `domain` and fill its rows into `here`."""
+    n = args.train_count
+    name = row_name(variant)
+    tag = f"{variant}-s{seed}" if domain == "real" else f"{variant}-{domain}-s{seed}"
+    flags = ["--preset", args.preset, *shlex.split(args.simgan_flags)]
+    cfg = dataclasses.replace(
+        resolve(flags), seed=seed, run_dir=str(work / f"run-{tag}"), builtin_real=domain,
+        cache_dir=str(work / "cache"), progress=False, resume="auto", keep_checkpoints=0,
+        **VARIANTS[variant],
+    )  # fmt: skip
+    final = resolve_checkpoint(training_loop(cfg))
+    refined = refine_with(final, syn, work / f"refined-{tag}")
+    # A new SimGAN run makes a new refined set, so none of its old rows stand.
+    here["rows"][name], here["rows"][f"{name} 4x"] = (
+        estimate(refined, n, [domain])[0], estimate(refined, 4 * n, [domain])[0])  # fmt: skip
+    here["pupil_shift_px"][name] = pupil_shift(syn, refined, min(PUPIL_SAMPLE, 4 * n))
+    scores = realism_scores(cfg.run_dir)
+    best = best_checkpoint(cfg.run_dir)
+    here["realism"][name] = {
+        "final": {"checkpoint": final.name, **scores.get(final.name, {})},
+        "best": {"checkpoint": best.name, **scores.get(best.name, {})} if best else None,
     }
-    pupils: dict[str, Any] = {}
-    for variant in args.variants:
-        name = row_name(variant)
-        if all(k in done_rows for k in (name, f"{name} 4x")) and name in done_pupils:
-            rows[name], rows[f"{name} 4x"] = done_rows[name], done_rows[f"{name} 4x"]
-            pupils[name] = done_pupils[name]
-            continue
-        flags = ["--preset", args.preset, *shlex.split(args.simgan_flags)]
-        cfg = dataclasses.replace(
-            resolve(flags), seed=seed, run_dir=str(work / f"run-{variant}-s{seed}"),
-            cache_dir=str(work / "cache"), progress=False, resume="auto", **VARIANTS[variant],
-        )  # fmt: skip
-        refined = train_and_refine(cfg, syn, work / f"refined-{variant}-s{seed}")
-        # A new SimGAN run makes a new refined set, so none of its old rows stand.
-        rows[name] = estimator(refined, n)
-        rows[f"{name} 4x"] = estimator(refined, 4 * n)
-        pupils[name] = pupil_shift(syn, refined, min(PUPIL_SAMPLE, 4 * n))
-    return {"seed": seed, "rows": rows, "pupil_shift_px": pupils}
+    if variant != "simgan":
+        return
+    if has_ema(final):
+        raw = refine_with(final, syn, work / f"refined-{tag}-raw", weights="raw")
+        here["rows"][LAST_WEIGHTS] = estimate(raw, n, [domain])[0]
+        here["pupil_shift_px"][LAST_WEIGHTS] = pupil_shift(syn, raw, min(PUPIL_SAMPLE, 4 * n))
+    else:
+        here["rows"][LAST_WEIGHTS] = here["rows"][name]
+    if best is not None and best != final:
+        chosen = refine_with(best, syn, work / f"refined-{tag}-best")
+        here["rows"][BEST_BY_REALISM] = estimate(chosen, n, [domain])[0]
+        here["pupil_shift_px"][BEST_BY_REALISM] = pupil_shift(syn, chosen, min(PUPIL_SAMPLE, 4 * n))
+    else:
+        here["rows"][BEST_BY_REALISM] = here["rows"][name]
 
 
-def summarise(per_seed: list[dict[str, Any]]) -> tuple[str, dict[str, list[float]]]:
-    """Markdown table (mean +- sd over seeds) and mean cumulative curves per row."""
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} +- {statistics.stdev(values):.1f}"
 
-    def spread(values: list[float]) -> str:
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.1f} +- {sd:.1f}"
 
-    names = list(per_seed[0]["rows"])
+def summarise(per_seed: list[dict[str, Any]], domain: str) -> tuple[str, dict[str, list[float]]]:
+    """Markdown table of one domain (mean +- sd over seeds) and mean cumulative curves."""
+    entries = [s["domains"][domain] for s in per_seed]
+    names = list(entries[0]["rows"])
     lines = [
-        "| trained on | within 7 deg (%) | mean error (deg) | pupil shift (px) |",
-        "|---|--:|--:|--:|",
+        f"**{domain}**",
+        "",
+        "| trained on | within 7 deg (%) | mean error (deg) | pupil shift (px) | C2ST (%) |",
+        "|---|--:|--:|--:|--:|",
     ]
     curves: dict[str, list[float]] = {}
     for name in names:
-        results = [s["rows"][name] for s in per_seed]
+        results = [e["rows"][name] for e in entries]
         within = [r["within_7deg_pct"] for r in results]
         error = [r["mean_angular_error_deg"] for r in results]
-        shifts = [
-            s["pupil_shift_px"][name]["mean"] for s in per_seed if name in s["pupil_shift_px"]
-        ]
+        shifts = [e["pupil_shift_px"][name]["mean"] for e in entries
+                  if name in e["pupil_shift_px"]]  # fmt: skip
+        realism = [100 * e["realism"][name]["final"]["c2st_refined"] for e in entries
+                   if e["realism"].get(name, {}).get("final", {}).get("c2st_refined")
+                   is not None]  # fmt: skip
+        if name == "synthetic":
+            realism = [100 * e["realism"][r]["final"]["c2st_synthetic"] for e in entries
+                       for r in list(e["realism"])[:1]
+                       if "c2st_synthetic" in e["realism"][r]["final"]]  # fmt: skip
         lines.append(
-            f"| {name} | {spread(within)} | {spread(error)} | {spread(shifts) if shifts else '-'} |"
+            f"| {name} | {_spread(within)} | {_spread(error)} | "
+            f"{_spread(shifts) if shifts else '-'} | {_spread(realism) if realism else '-'} |"
         )
         curves[name] = [
             statistics.mean(c) for c in zip(*(r["within_pct"] for r in results), strict=True)
         ]
     lines.append("")
-    lines.append(f"{len(per_seed)} seed(s); +- is the standard deviation over seeds.")
+    seeds = len(per_seed)
+    lines.append(f"{seeds} seed(s)" + ("; +- is the standard deviation over seeds." if seeds > 1
+                                        else "."))  # fmt: skip
     return "\n".join(lines) + "\n", curves
 
 
@@ -196,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     gaze.add_argument(
         "--simgan-flags", default="",
         help="more train.py flags for every SimGAN run, e.g. '--lr-d 1e-3' (seed, run and "
-        "cache directories are the report's)",
+        "cache directories and the real domain are the report's)",
     )  # fmt: skip
+    gaze.add_argument("--domains", nargs="+", default=list(REAL_DOMAINS), choices=REAL_DOMAINS)
     gaze.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     gaze.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     gaze.add_argument("--train-count", type=positive_int, default=20_000)
@@ -212,28 +302,32 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         results = dict(done)  # seed -> entry; seeds this report was not asked for stay on record
 
-        def save() -> None:
+        def save(entry: dict[str, Any] | None = None) -> None:
+            if entry is not None:
+                results[entry["seed"]] = entry
             (args.out / "report.json").write_text(
                 json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                             "seeds": list(results.values())}, indent=2) + "\n"
             )  # fmt: skip
 
         # Saved before the first run starts, so the settings guard OUT/work even when this
-        # report dies before finishing a seed, then after every seed, so that it keeps what
-        # it finished.
+        # report dies before finishing a domain, then after every domain, so that it keeps
+        # what it finished.
         save()
         for seed in args.seeds:
-            results[seed] = run_seed(args, seed, work, done.get(seed))
-            save()
+            save(run_seed(args, seed, work, done.get(seed), save))
         per_seed = [results[seed] for seed in args.seeds]
-        table, curves = summarise(per_seed)
-        (args.out / "table.md").write_text(table)
-        plot_cumulative(curves, args.out / "cumulative_error.png",
-                        title="Gaze on real eyes: trained on synthetic vs refined")  # fmt: skip
+        tables = []
+        for domain in args.domains:
+            table, curves = summarise(per_seed, domain)
+            tables.append(table)
+            plot_cumulative(curves, args.out / f"cumulative_error_{domain}.png",
+                            title=f"Gaze on {domain} eyes: synthetic vs refined")  # fmt: skip
+        (args.out / "table.md").write_text("\n".join(tables))
     except (ValueError, FileNotFoundError) as err:
         print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
-    print(table, end="")
+    print("\n".join(tables), end="")
     return 0
 
 

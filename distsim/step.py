@@ -54,8 +54,12 @@ from distsim.noise import indexed_noise
 # psi is: how far refinement moves pixels (pretraining should end near 0).
 R_STATS = ("r_loss", "r_reg", "r_adv", "r_change", "r_saturated")
 # d_acc_refined is D's patch accuracy on the current refiner's images; d_acc_history on the
-# buffer's (only once the buffer supplies half of D's refined images).
-D_STATS = ("d_loss", "d_loss_real", "d_loss_refined", "d_acc_real", "d_acc_refined")
+# buffer's (only once the buffer supplies half of D's refined images). d_acc is the mean of
+# d_acc_real and d_acc_refined: how well D tells the refiner's images from real ones now,
+# 0.5 being chance. It is the one to watch: when D is near chance, its decision threshold
+# drifts from step to step and moves d_acc_real and d_acc_refined in opposite directions,
+# by up to the whole range, while d_acc stays put.
+D_STATS = ("d_loss", "d_loss_real", "d_loss_refined", "d_acc", "d_acc_real", "d_acc_refined")
 D_STATS_HISTORY = (*D_STATS, "d_acc_history")
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
@@ -244,9 +248,10 @@ class SimGANStep:
         loss_real = local_adversarial_loss(logits_real, REAL).mean()
         loss = loss_fake + loss_real
         acc_fake = patch_accuracy(logits_fake.detach(), REFINED)  # (n_fake,)
+        acc_real = patch_accuracy(logits_real.detach(), REAL).mean()
+        acc_current = acc_fake[:n_current].mean()
         values = [loss.detach(), loss_real.detach(), loss_fake.detach(),
-                  patch_accuracy(logits_real.detach(), REAL).mean(),
-                  acc_fake[:n_current].mean()]  # fmt: skip
+                  (acc_real + acc_current) / 2, acc_real, acc_current]  # fmt: skip
         if n_current < n_fake:
             values.append(acc_fake[n_current:].mean())
         return loss, torch.stack(values)

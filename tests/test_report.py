@@ -8,31 +8,40 @@ from PIL import Image
 from distsim.report import main
 
 
+def _rows(table: str) -> list[str]:
+    return [line.split("|")[1].strip() for line in table.splitlines()
+            if line.startswith("| ") and "---" not in line]  # fmt: skip
+
+
 def test_report_runs_every_row_and_seed(tmp_path, capsys):
     out = tmp_path / "report"
     argv = ["gaze", "--out", str(out), "--preset", "smoke", "--seeds", "0", "1",
+            "--domains", "real",
             "--variants", "simgan", "no-history", "--train-count", "64", "--test-count", "64",
             "--estimator-steps", "2", "--estimator-batch", "16",
             "--width-mult", "0.25", "--simgan-flags", "--lr-d 0.002 --k-g 1"]  # fmt: skip
     assert main(argv) == 0
-    table = (out / "table.md").read_text().splitlines()
-    rows = [
-        line.split("|")[1].strip() for line in table if line.startswith("| ") and "---" not in line
-    ]
-    assert rows == ["trained on", "synthetic", "synthetic 4x", "refined", "refined 4x",
-                    "refined (no-history)", "refined (no-history) 4x"]  # fmt: skip
+    assert _rows((out / "table.md").read_text()) == [
+        "trained on", "synthetic", "synthetic 4x", "refined", "refined 4x",
+        "refined (last weights)", "refined (best by realism)", "refined (no-history)",
+        "refined (no-history) 4x",
+    ]  # fmt: skip
     report = json.loads((out / "report.json").read_text())
     assert len(report["seeds"]) == 2
     for seed in report["seeds"]:
-        assert set(seed["pupil_shift_px"]) == {"refined", "refined (no-history)"}
-        for result in seed["rows"].values():
+        real = seed["domains"]["real"]
+        assert set(real["pupil_shift_px"]) == {"refined", "refined (no-history)"}
+        for result in real["rows"].values():
             assert result["counts"]["test_images"] == 64
             assert len(result["within_pct"]) == 20
+        # No weight average and no realism scores in this run: both rows are "refined".
+        assert real["rows"]["refined (last weights)"] == real["rows"]["refined"]
+        assert real["rows"]["refined (best by realism)"] == real["rows"]["refined"]
     # The 1x rows train on the first quarter of the 4x rows' images.
-    first = report["seeds"][0]["rows"]
+    first = report["seeds"][0]["domains"]["real"]["rows"]
     assert first["synthetic"]["config"]["train_count"] == 64
     assert first["synthetic 4x"]["config"]["train_count"] == 256
-    assert Image.open(out / "cumulative_error.png").size[0] > 300
+    assert Image.open(out / "cumulative_error_real.png").size[0] > 300
     assert "refined (no-history)" in capsys.readouterr().out
     # Extra SimGAN flags reach every run; the variant and the seed still win.
     for name, history, seed in (("run-simgan-s1", True, 1), ("run-no-history-s0", False, 0)):
@@ -42,18 +51,19 @@ def test_report_runs_every_row_and_seed(tmp_path, capsys):
 
 def test_report_reuses_finished_rows_and_refuses_other_settings(tmp_path, capsys):
     out = tmp_path / "report"
-    base = ["gaze", "--out", str(out), "--preset", "smoke", "--seeds", "0",
+    base = ["gaze", "--out", str(out), "--preset", "smoke", "--seeds", "0", "--domains", "real",
             "--train-count", "32", "--test-count", "32", "--estimator-steps", "2",
             "--estimator-batch", "16", "--width-mult", "0.25"]  # fmt: skip
     assert main([*base, "--variants", "simgan"]) == 0
-    first = json.loads((out / "report.json").read_text())["seeds"][0]
+    first = json.loads((out / "report.json").read_text())["seeds"][0]["domains"]["real"]
     ckpts = out / "work" / "run-simgan-s0" / "checkpoints"
     stamps = {p.name: p.stat().st_mtime_ns for p in ckpts.rglob("*")}
 
     # A second variant and a second seed: the first seed's rows come back as they were
     # (their timings too, so nothing was retrained) and its SimGAN run is left alone.
     assert main([*base[:6], "0", "1", *base[7:], "--variants", "simgan", "global"]) == 0
-    second = {e["seed"]: e for e in json.loads((out / "report.json").read_text())["seeds"]}
+    second = {e["seed"]: e["domains"]["real"]
+              for e in json.loads((out / "report.json").read_text())["seeds"]}  # fmt: skip
     assert set(second) == {0, 1}
     for name in ("synthetic", "synthetic 4x", "refined", "refined 4x"):
         assert second[0]["rows"][name] == first["rows"][name]
@@ -67,14 +77,16 @@ def test_report_reuses_finished_rows_and_refuses_other_settings(tmp_path, capsys
     # the finished run is resumed (no new training) and its rows are made again.
     report = json.loads((out / "report.json").read_text())
     for entry in report["seeds"]:
+        real = entry["domains"]["real"]
         for name in ("refined (global)", "refined (global) 4x"):
-            del entry["rows"][name]
-        del entry["pupil_shift_px"]["refined (global)"]
+            del real["rows"][name]
+        del real["pupil_shift_px"]["refined (global)"]
     (out / "report.json").write_text(json.dumps(report))
     capsys.readouterr()
     assert main([*base, "--variants", "simgan", "global"]) == 0
     assert "resuming from" in capsys.readouterr().out
-    again = {e["seed"]: e for e in json.loads((out / "report.json").read_text())["seeds"]}
+    again = {e["seed"]: e["domains"]["real"]
+             for e in json.loads((out / "report.json").read_text())["seeds"]}  # fmt: skip
     assert "refined (global)" in again[0]["rows"] and set(again) == {0, 1}
 
     # Rows made with other settings are never mixed in.
@@ -88,7 +100,7 @@ def test_report_that_dies_before_a_seed_still_guards_its_work(tmp_path, monkeypa
     import distsim.report as report
 
     out = tmp_path / "report"
-    base = ["gaze", "--out", str(out), "--preset", "smoke", "--seeds", "0",
+    base = ["gaze", "--out", str(out), "--preset", "smoke", "--seeds", "0", "--domains", "real",
             "--train-count", "32", "--test-count", "32", "--estimator-steps", "2"]  # fmt: skip
 
     def dies(*args, **kwargs):
@@ -115,3 +127,34 @@ def test_report_refuses_an_out_whose_report_json_it_did_not_write(tmp_path, caps
         assert "\n" not in err and err.startswith("distsim.report: error: ")
         assert f"{out / 'report.json'}: not a report this command wrote" in err
     assert not (out / "work").exists()  # refused before making anything
+
+
+def test_report_over_two_domains_shares_the_synthetic_rows_and_scores_realism(tmp_path):
+    out = tmp_path / "report"
+    argv = ["gaze", "--out", str(out), "--preset", "smoke", "--seeds", "0",
+            "--domains", "real", "real-ir", "--variants", "simgan", "--train-count", "32",
+            "--test-count", "32", "--estimator-steps", "2", "--estimator-batch", "16",
+            "--width-mult", "0.25",
+            "--simgan-flags", "--ema-halflife 50 --realism-images 64 --ckpt-every 2"]  # fmt: skip
+    assert main(argv) == 0
+    domains = json.loads((out / "report.json").read_text())["seeds"][0]["domains"]
+    assert set(domains) == {"real", "real-ir"}
+    real, ir = domains["real"]["rows"], domains["real-ir"]["rows"]
+    # One synthetic estimator, tested on each domain's own test set.
+    assert real["synthetic"]["train_loss"] == ir["synthetic"]["train_loss"]
+    assert real["synthetic"]["test_dir"] != ir["synthetic"]["test_dir"]
+    assert "real-ir" in ir["synthetic"]["test_source"]["domain"]
+    for domain in ("real", "real-ir"):
+        here = domains[domain]
+        realism = here["realism"]["refined"]
+        assert 0 <= realism["final"]["c2st_refined"] <= 1 and realism["best"]["checkpoint"]
+        # The weight average is what refine uses; the last weights make their own row.
+        assert here["rows"]["refined (last weights)"] != here["rows"]["refined"]
+        cfg = json.loads((out / "work" / f"run-simgan-{'' if domain == 'real' else domain + '-'}"
+                          f"s0" / "config.json").read_text())  # fmt: skip
+        assert cfg["builtin_real"] == domain
+    table = (out / "table.md").read_text()
+    assert "**real**" in table and "**real-ir**" in table and "1 seed(s)." in table
+    assert "+-" not in table
+    for domain in ("real", "real-ir"):
+        assert (out / f"cumulative_error_{domain}.png").is_file()
