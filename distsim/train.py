@@ -593,8 +593,10 @@ class Run:
         self.writer.add_image("synthetic|refined|real", picture, step, dataformats="HWC")
 
     def score_realism(self, step: int) -> dict[str, float] | None:
-        """The realism scores of the refiner now (rank 0; None elsewhere or when off)."""
-        if self.probe is None:
+        """The realism scores of the refiner now (rank 0; None elsewhere, when off, and
+        before adversarial training, when R is still the identity: its score would be the
+        synthetic reference)."""
+        if self.probe is None or step <= self.cfg.pretrain_r_steps + self.cfg.pretrain_d_steps:
             return None
         started = time.perf_counter()
         refined = torch.cat([self.step.refine(x) for x in self.probe.synthetic.split(256)])

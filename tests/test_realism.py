@@ -82,12 +82,14 @@ def test_training_scores_checkpoints_keeps_the_best_and_refine_takes_it(tmp_path
     best = best_checkpoint(run)
     assert best is not None and best.name in kept and kept[-1] == "step-00000013"
     assert len(kept) <= 2  # the newest, and the best if it is another one
+    assert "step-00000004" not in scores
     for name in kept:
         s = scores[name]
         assert 0.0 <= s["c2st_refined"] <= 1.0 and 0.0 <= s["c2st_synthetic"] <= 1.0
         assert s["pupil_shift_px"] >= 0.0
     logged = _scalars(run)
-    assert len(logged["realism/c2st_refined"]) == 7  # steps 2, 4, ..., 12 and 13
+    # Steps 6, 8, 10, 12 and 13: not before adversarial training (R is then the identity).
+    assert len(logged["realism/c2st_refined"]) == 5
     # refine --checkpoint best takes it, and says why.
     syn = tmp_path / "cache" / "sim-eyes-v3-synthetic-n512-s0"
     out = tmp_path / "refined"
