@@ -33,6 +33,17 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps one process-wide state: a run in bf16 would make the next run's fp16
+    an error in the same process. Each test starts from none."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def _cfg(tmp_path, name: str, **overrides):
     base = dict(run_dir=str(tmp_path / name), cache_dir=str(tmp_path / "cache"),
                 progress=False, steps=6, ckpt_every=1000)  # fmt: skip
