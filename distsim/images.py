@@ -1,4 +1,4 @@
-"""Image grids for people to look at: PNG files and TensorBoard images."""
+"""Pictures for people to look at: image grids (PNG and TensorBoard) and training curves."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -41,3 +41,62 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     img.save(path)
     return path
+
+
+def titled(picture: np.ndarray, titles: list[str], caption: str, scale: int = 4,
+           pad: int = 2) -> np.ndarray:  # fmt: skip
+    """A `grid` picture (rows, cols, C) with a band on top: `caption` on the left, then each
+    column's title over its column. Columns are as `grid` lays them out."""
+    rows, cols, c = picture.shape
+    n_cols = len(titles)
+    col_width = (cols - pad) // n_cols
+    band = 28
+    out = Image.new("L" if c == 1 else "RGB", (cols, rows + band), 255)
+    out.paste(Image.fromarray(picture[..., 0] if c == 1 else picture), (0, band))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    for j, title in enumerate(titles):
+        width = draw.textlength(title, font=font)
+        x = pad + j * col_width + max(0, (col_width - pad - width) / 2)
+        draw.text((x, band - 13), title, fill=0, font=font)
+    draw.text((pad, 1), caption, fill=0, font=font)
+    array = np.asarray(out)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def plot_curves(
+    series: dict[str, list[tuple[int, float]]], path: str | Path, *, phases: list[int]
+) -> Path:
+    """Training curves, one panel per group of series (losses, D's accuracies, the rest),
+    with the phase boundaries (`phases`: steps) drawn as vertical lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    groups = {
+        "losses": [k for k in series if k.endswith("_loss") or k in ("r_adv", "r_reg")],
+        "D accuracy (0.5: chance)": [k for k in series if k.startswith("d_acc")],
+        "refinement": [k for k in series if k in ("r_change", "r_saturated")],
+    }
+    groups = {k: v for k, v in groups.items() if v}
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7.0, 2.4 * len(groups)), dpi=110,
+                             sharex=True, squeeze=False)  # fmt: skip
+    try:
+        for ax, (title, keys) in zip(axes[:, 0], groups.items(), strict=True):
+            for key in sorted(keys):
+                steps, values = zip(*series[key], strict=True)
+                ax.plot(steps, values, label=key, linewidth=1.0)
+            for boundary in phases:
+                ax.axvline(boundary, color="grey", linewidth=0.8, linestyle=":")
+            ax.set_title(title, fontsize=9)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7, loc="upper right", ncol=2)
+        axes[-1, 0].set_xlabel("step (dotted: end of R pretraining, end of D pretraining)")
+        fig.tight_layout()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
+    return out

@@ -30,18 +30,20 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from distsim import data
 from distsim.checkpoint import (
+    best_checkpoint,
     build_models,
     find_resume,
     latest_checkpoint,
     load_state,
     load_weights,
+    read_json,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -57,11 +59,12 @@ from distsim.guards import (
     tensor_checksums,
 )
 from distsim.history import HistoryBuffer, deal, merged_images
-from distsim.images import grid, save_png
+from distsim.images import grid, plot_curves, save_png, titled
 from distsim.losses import PSI
 from distsim.models import GaussianBlur
 from distsim.realism import RealismProbe
 from distsim.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
+from shards.progress import Progress
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -561,8 +564,8 @@ class Run:
         # Synthetic images through R per second, all ranks: the refiner's throughput.
         images = (steps_r + steps_d) * self.cfg.batch_size * self.world
         self.writer.add_scalar("images_per_second", images / seconds, step)
-        # Bytes this (main) rank handed to collectives, per R or D step.
-        for label, nbytes in sent.items():
+        # Bytes this (main) rank handed to collectives, per R or D step (one process: none).
+        for label, nbytes in sent.items() if self.world > 1 else ():
             per = steps_r if label.startswith("r_") else steps_d
             if per:
                 self.writer.add_scalar(f"comm/{label}_bytes_per_step", nbytes / per, step)
@@ -588,9 +591,68 @@ class Run:
     def save_grid(self, step: int) -> None:
         refined = self.step.refine(self.grid_syn)
         picture = grid([self.grid_syn, refined, self.grid_real])
+        which = "refined (weight average)" if self.step.ema is not None else "refined"
+        picture = titled(picture, ["synthetic", which, "real"], f"step {step}")
         save_png(picture, self.run_dir / "images" / f"step-{step:08d}.png")
         assert self.writer is not None
         self.writer.add_image("synthetic|refined|real", picture, step, dataformats="HWC")
+
+    def save_curves(self) -> Path | None:
+        """images/losses.png from everything this run directory's TensorBoard logs hold
+        (resumed runs included)."""
+        assert self.writer is not None
+        self.writer.flush()
+        events = EventAccumulator(str(self.run_dir / "tensorboard"), size_guidance={"scalars": 0})
+        events.Reload()
+        wanted = (*R_STATS, *D_STATS_HISTORY)
+        series: dict[str, dict[int, float]] = {}
+        for tag in events.Tags()["scalars"]:
+            name = tag.split("/")[-1]
+            if name in wanted:
+                for e in events.Scalars(tag):
+                    series.setdefault(name, {})[e.step] = e.value
+        if not series:
+            return None
+        cfg = self.cfg
+        boundaries = [cfg.pretrain_r_steps, cfg.pretrain_r_steps + cfg.pretrain_d_steps]
+        return plot_curves({k: sorted(v.items()) for k, v in series.items()},
+                           self.run_dir / "images" / "losses.png", phases=boundaries)  # fmt: skip
+
+    def summarise(self, stats: dict[str, float], first_step: int, seconds: float) -> None:
+        """What a person wants to know when the run ends, in a few lines."""
+        total = self.cfg.pretrain_r_steps + self.cfg.pretrain_d_steps + self.cfg.steps
+        lines = [f"done: steps {first_step}-{total} in {seconds:.1f}s; run directory "
+                 f"{self.run_dir}"]  # fmt: skip
+        shown = ("r_adv", "r_reg", "d_loss")
+        if any(k in stats for k in shown):
+            lines.append("  last losses: " + ", ".join(
+                f"{k} {stats[k]:.3f}" for k in shown if k in stats))  # fmt: skip
+        if "d_acc" in stats:
+            lines.append(
+                f"  D tells current refined eyes from real ones {100 * stats['d_acc']:.0f}% of "
+                f"the time (50%: chance; real {100 * stats['d_acc_real']:.0f}%, refined "
+                f"{100 * stats['d_acc_refined']:.0f}%)"
+            )
+        best = best_checkpoint(self.run_dir)
+        if best is not None:
+            score = read_json(best / "meta.json")["realism"]
+            lines.append(
+                f"  realism: a fresh classifier tells refined from real "
+                f"{100 * score['c2st_refined']:.0f}% of the time at {best.name}, the best "
+                f"checkpoint (unrefined synthetic: {100 * score['c2st_synthetic']:.0f}%; 50%: "
+                f"indistinguishable); scoring took {self.realism_seconds:.0f}s"
+            )
+        grids = sorted((self.run_dir / "images").glob("step-*.png"))
+        if grids:
+            lines.append(f"  newest grid: {grids[-1]}")
+        curves = self.save_curves()
+        if curves is not None:
+            lines.append(f"  curves: {curves}")
+        newest = latest_checkpoint(self.run_dir)
+        if newest is not None:
+            lines.append(f"  newest checkpoint: {newest}")
+        lines.append(f"  TensorBoard: tensorboard --logdir {self.run_dir / 'tensorboard'}")
+        print("\n".join(lines), flush=True)
 
     def score_realism(self, step: int) -> dict[str, float] | None:
         """The realism scores of the refiner now (rank 0; None elsewhere, when off, and
@@ -670,6 +732,13 @@ class Run:
             self.writer.close()
 
 
+def work_units(cfg: Config, step: int) -> int:
+    """Updates (R or D steps) in the first `step` steps: what the progress bar counts, since
+    an adversarial step (K_g + K_d updates) is several times the work of a pretraining one."""
+    pre = cfg.pretrain_r_steps + cfg.pretrain_d_steps
+    return min(step, pre) + max(0, step - pre) * (cfg.k_g + cfg.k_d)
+
+
 def training_loop(
     cfg: Config, accelerator: Accelerator | None = None, *, streams: Streams | None = None
 ) -> Path:
@@ -682,9 +751,11 @@ def training_loop(
     run = Run(cfg, accelerator, streams)
     counters, main_process = run.counters, run.accelerator.is_main_process
     total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
-    bar = tqdm(total=total, initial=counters.step, desc="train", dynamic_ncols=True,
-               disable=not (cfg.progress and main_process))  # fmt: skip
+    bar = Progress(work_units(cfg, total), "train", unit="updates",
+                   initial=work_units(cfg, counters.step),
+                   enabled=cfg.progress and main_process)  # fmt: skip
     started, first_step = time.perf_counter(), counters.step
+    stats: dict[str, float] = {}
     try:
         while counters.step < total:
             phase = counters.phase(cfg)
@@ -698,11 +769,12 @@ def training_loop(
                 run.discriminator_steps(cfg.k_d)
             counters.step += 1
             step = counters.step
-            bar.update(1)
+            bar.update(work_units(cfg, step) - work_units(cfg, step - 1))
 
             if step % cfg.log_every == 0 or step == total:
                 stats = run.log(step, phase)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
+                bar.set_postfix({"step": f"{step}/{total}"}
+                                | {k: f"{v:.3f}" for k, v in stats.items()})  # fmt: skip
                 bar.set_description(phase)
             if check:
                 run.check_consistency(step)
@@ -723,17 +795,7 @@ def training_loop(
         run.close()
     run.accelerator.wait_for_everyone()
     if main_process:
-        elapsed = time.perf_counter() - started
-        print(
-            f"done: steps {first_step}-{total} in {elapsed:.1f}s; run directory {run.run_dir}",
-            flush=True,
-        )
-        if run.probe is not None:
-            print(
-                f"realism scores took {run.realism_seconds:.1f}s "
-                f"({100 * run.realism_seconds / elapsed:.1f}% of the run)",
-                flush=True,
-            )
+        run.summarise(stats, first_step, time.perf_counter() - started)
     return run.run_dir
 
 

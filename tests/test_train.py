@@ -71,12 +71,23 @@ def _check_run(run_dir: Path, cfg_steps: int, cache: Path) -> None:
     assert (y - x).abs().mean() > 1e-3
 
 
-def test_smoke_training_single_process(tmp_path):
+def test_smoke_training_single_process(tmp_path, capsys):
     cache = tmp_path / "cache"
     cfg = make_config("smoke", run_dir=str(tmp_path / "run"), cache_dir=str(cache), progress=False)
     run_dir = training_loop(cfg)
     total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
     _check_run(run_dir, total, cache)
+    # The run explains itself at the end: losses, D, where the pictures and weights are.
+    out = capsys.readouterr().out
+    for text in ("last losses: r_adv", "D tells current refined eyes from real ones",
+                 f"newest grid: {run_dir / 'images' / 'step-00000007.png'}",
+                 f"curves: {run_dir / 'images' / 'losses.png'}",
+                 f"newest checkpoint: {run_dir / 'checkpoints' / 'step-00000007'}",
+                 f"tensorboard --logdir {run_dir / 'tensorboard'}"):  # fmt: skip
+        assert text in out, (text, out)
+    assert Image.open(run_dir / "images" / "losses.png").size[0] > 500
+    # One process hands nothing to collectives: no comm scalars.
+    assert not any(tag.startswith("comm/") for tag in _scalars(run_dir))
     # The built-in shards were made once and are reused.
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [
         "sim-eyes-v3-real-n512-s0",
