@@ -291,10 +291,14 @@ def history_dtype(precision: str) -> torch.dtype:
 
 def config_changes(saved: Config, now: Config) -> list[str]:
     skip = {"run_dir", "resume", "progress"}
+    # Configs before the precision used was recorded say "" for full precision.
+    same = {("", "no"), ("no", "")}
     return [
         f"{f.name} {getattr(saved, f.name)!r} -> {getattr(now, f.name)!r}"
         for f in dataclasses.fields(Config)
-        if f.name not in skip and getattr(saved, f.name) != getattr(now, f.name)
+        if f.name not in skip
+        and getattr(saved, f.name) != getattr(now, f.name)
+        and (getattr(saved, f.name), getattr(now, f.name)) not in same
     ]
 
 
@@ -358,7 +362,8 @@ class Run:
                 )
             load_weights(resume_from, refiner, discriminator)
             state = load_state(resume_from)
-            self.notes = config_changes(load_config(resume_from / "config.json"), cfg)
+            resolved = dataclasses.replace(cfg, mixed_precision=self.precision)
+            self.notes = config_changes(load_config(resume_from / "config.json"), resolved)
             if state["world_size"] != self.world:
                 self.notes.append(
                     f"world size {state['world_size']} -> {self.world}: global batch "
