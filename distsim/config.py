@@ -44,7 +44,7 @@ class Config:
     # counts what was skipped in TensorBoard (data/skipped_*).
     on_bad_shard: str = "raise"
 
-    # Models (DESIGN.md section 4). The eye refiner is 3x3 kernels with 4 ResNet blocks.
+    # Models (the paper's appendix). The eye refiner is 3x3 kernels with 4 ResNet blocks.
     refiner_width: int = 64
     refiner_blocks: int = 4
     refiner_kernel: int = 3
@@ -248,7 +248,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_workers": 0,
         "realism_images": 0,  # tests that need the score turn it on
     },
-    # The paper's eye settings (DESIGN.md section 4): full-width refiner and discriminator,
+    # The paper's eye settings (its section 4.1 and appendix): full-width refiner and D,
     # 1000 + 200 pretraining steps, K_g = 2, K_d = 1. Batch and buffer are ours (the paper is
     # silent): 64 per rank, and a buffer of 25,600 images (the upper end peers used), which
     # holds 50 global batches at 8 ranks.
@@ -357,12 +357,14 @@ def _parse_tuple(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
+    """The train.py command line; each flag's help shows `preset`'s value (the preset a
+    bare `train.py` runs with, or the one given by --preset)."""
     parser = argparse.ArgumentParser(
         prog="distsim.train",
         description="Train a SimGAN refiner (Shrivastava et al. 2017, Algorithm 1).",
     )
-    defaults = Config(**PRESETS["cpu"])  # what a bare `train.py` runs with
+    defaults = Config(preset=preset, **PRESETS[preset])
     for f in dataclasses.fields(Config):
         flag = "--" + _flag(f.name)
         typ = _field_type(f)
@@ -371,15 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(
                 flag,
                 choices=sorted(PRESETS),
-                default=default,
-                help="named preset; other flags override it",
+                default="cpu",
+                help="named preset; other flags override it (default: cpu)",
             )
         elif typ is bool:
             parser.add_argument(
                 flag,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=f"{HELP[f.name]} (cpu: {default})",
+                help=f"{HELP[f.name]} ({preset}: {default})",
             )
         elif typing.get_origin(typ) is tuple:
             parser.add_argument(
@@ -387,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                 type=_parse_tuple,
                 default=None,
                 metavar="N,N,...",
-                help=f"{HELP[f.name]} (cpu: {','.join(map(str, default))})",
+                help=f"{HELP[f.name]} ({preset}: {','.join(map(str, default))})",
             )
         else:
             assert isinstance(typ, type) and not isinstance(typ, types.GenericAlias), typ
@@ -395,14 +397,23 @@ def build_parser() -> argparse.ArgumentParser:
                 flag,
                 type=typ,
                 default=None,
-                help=HELP[f.name] + (f" (cpu: {default})" if default != "" else ""),
+                help=HELP[f.name] + (f" ({preset}: {default})" if default != "" else ""),
             )
     return parser
 
 
+def _preset_in(argv: list[str] | None) -> str:
+    """The --preset an argument list names (cpu if none or an unknown one: the full parser
+    then reports the error)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--preset", default="cpu")
+    known, _ = early.parse_known_args(argv)
+    return known.preset if known.preset in PRESETS else "cpu"
+
+
 def resolve(argv: list[str] | None = None) -> Config:
     """Preset first, then explicit flags. SystemExit on bad flags, ValueError on bad values."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(_preset_in(argv)).parse_args(argv)
     return make_config(
         args.preset, **{k: v for k, v in vars(args).items() if k != "preset" and v is not None}
     )

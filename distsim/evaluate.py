@@ -413,11 +413,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--log-every", type=positive_int, default=100, help="steps (100)")
     g.add_argument("--name", default=None, help="curve label in the plot (--train's name)")
+    plot = tasks.add_parser(
+        "plot",
+        help="overlay the cumulative-error curves of several evaluations in one plot",
+        description="Read each DIR/metrics.json written by `evaluate gaze` and draw their "
+        "curves (the paper's Figure 7) in one PNG.",
+    )
+    plot.add_argument("runs", type=Path, nargs="+", help="evaluation directories")
+    plot.add_argument("--out", type=Path, required=True, help="PNG to write")
+    plot.add_argument("--names", nargs="+", help="curve labels (default: the directory names)")
+    plot.add_argument("--title", default="Gaze estimation: cumulative error")
     return parser
+
+
+def overlay(runs: Sequence[Path], out: Path, names: Sequence[str] | None, title: str) -> Path:
+    """One plot of several evaluations' curves; ValueError (one line) for a bad input."""
+    if names is not None and len(names) != len(runs):
+        raise ValueError(f"{len(names)} --names for {len(runs)} evaluation directories")
+    curves: dict[str, list[float]] = {}
+    thresholds: list[float] | None = None
+    for i, run in enumerate(runs):
+        path = run / "metrics.json"
+        try:
+            report = json.loads(path.read_text())
+            within, these = report["within_pct"], report["thresholds_deg"]
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such file (not an `evaluate gaze` output)") from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not an evaluate report ({one_line(err)})") from None
+        if thresholds is not None and list(these) != thresholds:
+            raise ValueError(f"{path}: thresholds differ from {runs[0] / 'metrics.json'}'s")
+        thresholds = list(these)
+        curves[names[i] if names else run.name] = within
+    assert thresholds is not None
+    return plot_cumulative(curves, out, thresholds, title=title)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.task == "plot":
+        try:
+            print(f"{PROG}: wrote {overlay(args.runs, args.out, args.names, args.title)}")
+        except (ValueError, OSError) as err:
+            print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
+            return 2
+        return 0
     accelerator = None
     try:
         # Checked before Accelerate starts, so a bad path costs no process group.

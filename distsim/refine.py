@@ -57,6 +57,7 @@ from distsim.checkpoint import (
     read_json,
     resolve_checkpoint,
 )
+from distsim.config import load_config
 from distsim.noise import indexed_noise
 from distsim.train import to_unit_range
 from shards.cliutil import non_negative_int, one_line, positive_int
@@ -406,17 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--checkpoint",
-        help="a checkpoint directory, a step (500 or step-00000500) of --run's checkpoints, or "
+        help="(default: --run's newest) a checkpoint directory, a step (500 or step-00000500) "
+        "of --run's checkpoints, or "
         "best: the one whose refined images a fresh classifier told least well from real "
         "ones, among those that keep the pupil within 1 px (distsim.realism)",
     )
     parser.add_argument("--input", type=Path, required=True, help="shard set to refine")
     parser.add_argument("--out", type=Path, required=True, help="output shard directory")
     parser.add_argument(
-        "--batch-size", type=positive_int, default=256, help="images per forward pass per rank"
+        "--batch-size",
+        type=positive_int,
+        default=256,
+        help="images per forward pass per rank (256)",
     )
     parser.add_argument(
-        "--num-workers", type=non_negative_int, default=1, help="loader processes per rank"
+        "--num-workers", type=non_negative_int, default=1, help="loader processes per rank (1)"
     )
     parser.add_argument(
         "--block-size", type=positive_int, help="images per tar sample (default: the input's)"
@@ -430,8 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         choices=WEIGHTS,
         default="auto",
-        help="auto: the refiner's weight average when the checkpoint has one (ema), else its "
-        "last weights (raw)",
+        help="auto (default): the refiner's weight average when the checkpoint has one (ema), "
+        "else its last weights (raw)",
     )
     parser.add_argument(
         "--noise-seed",
@@ -443,6 +448,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
     return parser
+
+
+def warn_if_pretraining(ckpt: Path) -> None:
+    """Say so when a checkpoint predates adversarial training: its refiner is then close to
+    the identity (or is only learning it), and refined images are not what SimGAN makes."""
+    cfg = load_config(ckpt / "config.json")
+    started = cfg.pretrain_r_steps + cfg.pretrain_d_steps
+    step = int(read_json(ckpt / "meta.json")["step"])
+    if step <= started:
+        print(
+            f"distsim.refine: warning: {ckpt.name} is from step {step}, before adversarial "
+            f"training began (after step {started}): its refiner was only pretrained to copy "
+            "its input; use a later checkpoint (or --checkpoint best)",
+            file=sys.stderr,
+        )
 
 
 def checkpoint_path(run: Path | None, checkpoint: str | None) -> Path:
@@ -518,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accelerator.end_training()
     if manifest is not None:
         print(f"refined {manifest.count} images into {args.out} with {info['path']}")
+        warn_if_pretraining(Path(info["path"]))
         if args.checkpoint == "best":
             scores = read_json(Path(info["path"]) / "meta.json")["realism"]
             print(

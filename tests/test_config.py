@@ -55,3 +55,11 @@ def test_config_json_round_trip(tmp_path):
     assert load_config(tmp_path / "config.json") == cfg
     assert json.loads(cfg.to_json())["disc_widths"] == list(cfg.disc_widths)
     assert isinstance(Config(), Config)
+
+
+def test_help_shows_the_chosen_presets_values(capsys):
+    for preset, batch in (("cpu", 32), ("eyes", 64), ("smoke", 8)):
+        with pytest.raises(SystemExit):
+            resolve(["--preset", preset, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"buffer) ({preset}: {batch})" in text, text[:300]

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from distsim.data import BatchStream, make_epoch_loader
-from distsim.evaluate import main, plot_cumulative, train_and_test
+from distsim.evaluate import main, plot_cumulative, train_and_test, write_report
 from shards.cli import main as shards_main
 from shards.format import read_manifest
 from shards.writer import ShardSetWriter
@@ -85,6 +85,22 @@ def test_tiny_estimator_learns_and_writes_report(
     png = out / "cumulative_error.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 5_000 < png.stat().st_size < 500_000
+
+
+def test_plot_command_overlays_evaluations(
+    sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, train in (("a", "train"), ("b", "real")):
+        write_report(train_and_test(sets[train], sets["test"], steps=0, **TINY), tmp_path / name)
+    png = tmp_path / "both.png"
+    args = ["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(png)]
+    assert main([*args, "--names", "synthetic", "real"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(png) in capsys.readouterr().out
+    assert main([*args[:2], str(tmp_path / "missing"), "--out", str(png)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "missing/metrics.json: no such file" in err
+    assert main([*args, "--names", "one"]) == 2
+    assert "1 --names for 2" in capsys.readouterr().err
 
 
 def test_plot_cumulative_overlays_runs(tmp_path: Path) -> None:

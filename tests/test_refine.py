@@ -141,9 +141,10 @@ def _cli(setup, out: Path, *extra: str) -> int:
     )  # fmt: skip
 
 
-def test_cli_is_deterministic_and_records_the_checkpoint(setup, tmp_path) -> None:
+def test_cli_is_deterministic_and_records_the_checkpoint(setup, tmp_path, capsys) -> None:
     run = setup["run"]
     assert _cli(setup, tmp_path / "a", "--batch-size", "64", "--num-workers", "0") == 0
+    assert "warning" not in capsys.readouterr().err  # the final checkpoint: adversarial
     assert _cli(setup, tmp_path / "b", "--batch-size", "64", "--num-workers", "2") == 0
     assert shard_digests(tmp_path / "a") == shard_digests(tmp_path / "b")
 
@@ -157,8 +158,12 @@ def test_cli_is_deterministic_and_records_the_checkpoint(setup, tmp_path) -> Non
         "refiner_sha256": file_sha256(ckpt / "refiner.safetensors"),
     }
 
-    # An older checkpoint by step number: another refiner, so other pixels.
+    # An older checkpoint by step number: another refiner, so other pixels. Step 3 is in D's
+    # pretraining (smoke: 2 + 2 steps), and refine says so.
+    capsys.readouterr()
     assert _cli(setup, tmp_path / "c", "--checkpoint", "3", "--block-size", "100") == 0
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "before adversarial training began" in warning[0]
     older = read_manifest(tmp_path / "c")
     assert older.source["checkpoint"]["step"] == 3 and older.block_size == 100
     assert shard_digests(tmp_path / "c") != shard_digests(tmp_path / "a")
