@@ -8,8 +8,10 @@ A shard set is a directory holding ``shard-000000.tar``, ``shard-000001.tar``, .
     00000000.gaze.npy    (K, 3) float32           one member per label
     00000001.image.npy   ...
 
-Block numbers are global across the set. Arrays are ``.npy`` bytes, never pickles. The manifest
-is written last, so a directory without one is an incomplete conversion and is refused.
+Block numbers are global across the set. Every block of a shard holds exactly ``block_size``
+images except the shard's last, which holds 1 to ``block_size``. Arrays are ``.npy`` bytes,
+never pickles. The manifest is written last, so a directory without one is an incomplete
+conversion and is refused.
 """
 
 from __future__ import annotations
@@ -144,16 +146,7 @@ class Manifest:
                 raise ValueError(f"label {name} dtype {spec['dtype']!r} not in {LABEL_DTYPES}")
             shape = _int_tuple(spec["shape"], f"labels.{name}.shape")
             labels[name] = LabelSpec(shape, spec["dtype"], str(spec.get("description", "")))
-        shards = [
-            ShardInfo(
-                name=_typed(s["name"], str, "shards.name"),
-                count=_typed(s["count"], int, "shards.count"),
-                blocks=_typed(s["blocks"], int, "shards.blocks"),
-                bytes=_typed(s["bytes"], int, "shards.bytes"),
-                sha256=_typed(s["sha256"], str, "shards.sha256"),
-            )
-            for s in _typed(d["shards"], list, "shards")
-        ]
+        shards = [_shard_info(s) for s in _typed(d["shards"], list, "shards")]
         m = cls(
             count=_typed(d["count"], int, "count"),
             image_shape=image_shape,  # type: ignore[arg-type]
@@ -169,11 +162,69 @@ class Manifest:
                 d.get("labels_for_evaluation_only", False), bool, "labels_for_evaluation_only"
             ),
         )
-        if m.block_size < 1:
-            raise ValueError(f"block_size {m.block_size} must be positive")
-        if sum(s.count for s in shards) != m.count:
-            raise ValueError(f"shard counts sum to {sum(s.count for s in shards)}, not {m.count}")
+        m._check_whole()
         return m
+
+    def _check_whole(self) -> None:
+        """What no single field shows: the shards and counts must agree with each other.
+
+        Readers size buffers from ``block_size`` and open ``<dir>/<name>`` for every entry, so a
+        lie here would allocate without bound, read outside the set, or read a shard twice.
+        """
+        if self.block_size < 1:
+            raise ValueError(f"block_size {self.block_size} must be positive")
+        if self.count < 1 or not self.shards:
+            raise ValueError(f"count {self.count} with {len(self.shards)} shards: the set is empty")
+        seen: set[str] = set()
+        for s in self.shards:
+            _check_shard_name(s.name)
+            if s.name in seen:
+                raise ValueError(f"shard {s.name} is listed twice")
+            seen.add(s.name)
+            if s.count < 1 or s.blocks < 1 or s.bytes < 1:
+                raise ValueError(
+                    f"shard {s.name} has count {s.count}, blocks {s.blocks}, bytes {s.bytes}: "
+                    "each must be positive"
+                )
+            # Every block but a shard's last is full, the last holds 1 to block_size images.
+            if not (s.blocks - 1) * self.block_size < s.count <= s.blocks * self.block_size:
+                raise ValueError(
+                    f"shard {s.name} has {s.count} images in {s.blocks} blocks, which does not "
+                    f"fit block_size {self.block_size}"
+                )
+        if sum(s.count for s in self.shards) != self.count:
+            raise ValueError(
+                f"shard counts sum to {sum(s.count for s in self.shards)}, not {self.count}"
+            )
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _shard_info(s: Any) -> ShardInfo:
+    info = ShardInfo(
+        name=_typed(s["name"], str, "shards.name"),
+        count=_typed(s["count"], int, "shards.count"),
+        blocks=_typed(s["blocks"], int, "shards.blocks"),
+        bytes=_typed(s["bytes"], int, "shards.bytes"),
+        sha256=_typed(s["sha256"], str, "shards.sha256"),
+    )
+    if not _SHA256.fullmatch(info.sha256):
+        raise ValueError(f"shard {info.name} sha256 {info.sha256!r} is not 64 hex digits")
+    return info
+
+
+def _check_shard_name(name: str) -> None:
+    # A shard is a plain file of the set's own directory: an absolute path, "..", or a
+    # subdirectory would make a reader open files outside the set, and convert delete them.
+    if (
+        name in ("", ".", "..", MANIFEST_NAME)
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or name.startswith(".")
+    ):
+        raise ValueError(f"shard name {name!r} is not a file name inside the set's directory")
 
 
 def _typed(value: Any, kind: type, name: str) -> Any:
@@ -321,7 +372,11 @@ class BlockRef:
 
 
 def index_shard(path: str | Path, shard: int, manifest: Manifest) -> list[BlockRef]:
-    """List the blocks of one shard, checking layout and counts against the manifest."""
+    """List the blocks of one shard, checking layout and counts against the manifest.
+
+    Every block but the shard's last must hold ``block_size`` images (the last 1 to
+    ``block_size``): checked here, before any reader sizes a buffer from ``block_size``.
+    """
     info = manifest.shards[shard]
     need = {f"{IMAGE_KEY}.npy", *(f"{name}.npy" for name in manifest.labels)}
     groups: dict[str, list[tuple[str, int, int]]] = {}
@@ -358,6 +413,12 @@ def index_shard(path: str | Path, shard: int, manifest: Manifest) -> list[BlockR
             f"{path}: holds {len(blocks)} blocks / {total} images but "
             f"{MANIFEST_NAME} says {info.blocks} / {info.count}"
         )
+    for i, b in enumerate(blocks):
+        if b.count > manifest.block_size or (i < len(blocks) - 1 and b.count < manifest.block_size):
+            raise ShardError(
+                f"{path}: block {b.key} holds {b.count} images, which disagrees with "
+                f"{MANIFEST_NAME}'s block_size {manifest.block_size}"
+            )
     return blocks
 
 
