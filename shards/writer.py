@@ -22,6 +22,7 @@ from shards.format import (
     LabelSpec,
     Manifest,
     ShardInfo,
+    block_crc32,
     block_key,
     check_label_name,
     encode_block,
@@ -93,6 +94,7 @@ class ShardSetWriter:
         self._tar: tarfile.TarFile | None = None
         self._shard_count = 0  # images in the open shard
         self._shard_blocks = 0
+        self._shard_crc32: list[int] = []  # checksums of the open shard's blocks
         self._blocks = 0  # global block number
         self._pending: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._pending_count = 0
@@ -186,12 +188,14 @@ class ShardSetWriter:
             self._file = open(path, "wb")  # noqa: SIM115
             self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         key = block_key(self._blocks)
-        for member, data in encode_block(images, labels).items():
+        members = encode_block(images, labels)
+        for member, data in members.items():
             info = tarfile.TarInfo(f"{key}.{member}")
             info.size = len(data)
             info.mtime, info.mode, info.uid, info.gid = 0, 0o644, 0, 0
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(data))
+        self._shard_crc32.append(block_crc32(members.values()))  # members in file order
         self._blocks += 1
         self._shard_blocks += 1
         self._shard_count += len(images)
@@ -220,9 +224,11 @@ class ShardSetWriter:
                     self._shard_blocks,
                     path.stat().st_size,
                     file_sha256(path),
+                    tuple(self._shard_crc32),
                 )
             )
         self._shard_count = self._shard_blocks = 0
+        self._shard_crc32 = []
 
     def close(self) -> Manifest:
         """Flush the last block and shard, then write the manifest atomically."""

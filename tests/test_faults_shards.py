@@ -1,20 +1,27 @@
-"""Faults on the shard side (issue 13, "nothing lost, nothing silently wrong"): a manifest that
-contradicts itself is refused as a whole. Every set is written by the real writer into
-``tmp_path`` and then damaged on disk."""
+"""Faults on the shard side (issue 13, "nothing lost, nothing silently wrong"): damaged bytes
+are caught when a block is read, and a manifest that contradicts itself is refused as a whole.
+Every set is written by the real writer into ``tmp_path`` and then damaged on disk."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import tarfile
 import warnings
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from distsim.data import (
+    BatchStream,
+    EpochStream,
     ShardWarning,
+    make_epoch_loader,
     make_loader,
     open_shards,
 )
@@ -22,6 +29,7 @@ from shards.cli import main
 from shards.format import (
     MANIFEST_NAME,
     ShardError,
+    UnverifiedShardsWarning,
     read_manifest,
 )
 from shards.writer import ShardSetWriter
@@ -49,10 +57,169 @@ def write_set(out: Path, count: int = 300, shard_size: int = 128, block_size: in
     return out
 
 
+def member(shard: Path, name: str) -> tuple[int, int]:
+    """(file offset, size) of a tar member's data."""
+    with tarfile.open(shard) as tar:
+        info = tar.getmember(name)
+        return info.offset_data, info.size
+
+
+def take(batches: Iterable[dict], n: int) -> list[dict]:
+    return list(itertools.islice(batches, n))
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0xFF]))
+
+
 def edit_manifest(directory: Path, change: Edit) -> None:
     d = json.loads((directory / MANIFEST_NAME).read_text())
     change(d)
     (directory / MANIFEST_NAME).write_text(json.dumps(d))
+
+
+def epoch_ids(directory: Path, **kwargs: bool) -> list[int]:
+    """Every "idx" of one epoch, sorted."""
+    stream = EpochStream(directory, open_shards(directory), 64, 0, 1, 0, ("idx",), **kwargs)
+    return sorted(i for batch in stream for i in batch["idx"].tolist())
+
+
+# --- 1. verified reads --------------------------------------------------------------------------
+
+
+def test_manifest_records_each_blocks_crc32(tmp_path: Path) -> None:
+    out = write_set(tmp_path / "set")
+    m = read_manifest(out)
+    assert m.block_checksums and [len(s.block_crc32 or ()) for s in m.shards] == [4, 4, 2]
+    # CRC32 of the block's members, chained in file order: anyone can recompute it.
+    crcs: dict[str, int] = {}
+    with tarfile.open(out / "shard-000001.tar") as tar:
+        for info in tar:
+            key = info.name.split(".")[0]
+            crcs[key] = zlib.crc32(tar.extractfile(info).read(), crcs.get(key, 0))
+    assert tuple(crcs.values()) == m.shards[1].block_crc32
+
+
+def test_flipped_pixel_byte_raises_naming_shard_and_block(tmp_path: Path) -> None:
+    out = write_set(tmp_path / "set")
+    shard = out / "shard-000001.tar"
+    offset, size = member(shard, "00000005.image.npy")  # shard 1's second block
+    flip_byte(shard, offset + size - 1)  # a pixel: the .npy header still parses
+    assert epoch_ids(out, verify_blocks=False) == list(range(300))  # what slipped through
+    for read in (
+        lambda: epoch_ids(out),
+        lambda: list(make_epoch_loader(out, 64, 0, 1, 0, num_workers=1, labels=("idx",))),
+        lambda: take(make_loader(out, 64, 0, 1, 0, num_workers=0, labels=()), 50),
+    ):
+        with pytest.raises(ShardError) as error:
+            read()
+        text = str(error.value)
+        assert text.startswith(f"{shard}: block 00000005: crc32 "), text
+        assert "(corrupt)" in text and "\n" not in text
+
+
+def test_flipped_pixel_byte_is_skipped_and_counted(tmp_path: Path) -> None:
+    out = write_set(tmp_path / "set")
+    shard = out / "shard-000000.tar"
+    offset, size = member(shard, "00000002.image.npy")  # images 64..95
+    flip_byte(shard, offset + size // 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batches = list(
+            make_epoch_loader(out, 64, 0, 1, 0, num_workers=0, labels=("idx",), on_error="skip")
+        )
+    (warning,) = caught
+    assert warning.category is ShardWarning
+    assert str(warning.message).startswith(f"{shard}: block 00000002: crc32 ")
+    assert str(warning.message).endswith("; skipping its 32 images")
+    assert sum(b["skipped_blocks"] for b in batches) == 1
+    assert sum(b["skipped_images"] for b in batches) == 32
+    assert sorted(i for b in batches for i in b["idx"].tolist()) == [
+        i for i in range(300) if not 64 <= i < 96
+    ]
+    # The resampled stream: skipped once, never drawn again.
+    with pytest.warns(ShardWarning, match="block 00000002: crc32"):
+        stream = BatchStream(out, open_shards(out), 64, 0, 1, 0, ("idx",), on_error="skip")
+        batches = take(stream, 30)
+    assert sum(b["skipped_blocks"] for b in batches) == 1
+    assert all(not 64 <= i < 96 for b in batches for i in b["idx"].tolist())
+
+
+def test_zeroed_pixels_of_a_whole_shard_do_not_train(tmp_path: Path) -> None:
+    out = write_set(tmp_path / "set")
+    shard = out / "shard-000002.tar"
+    with tarfile.open(shard) as tar:
+        images = [(i.offset_data, i.size) for i in tar if i.name.endswith(".image.npy")]
+    with open(shard, "r+b") as f:
+        for offset, size in images:
+            f.seek(offset + 128)  # past the 128-byte .npy header: every pixel of the shard
+            f.write(bytes(size - 128))
+    unchecked = make_epoch_loader(
+        out, 300, 0, 1, 0, num_workers=0, labels=("idx",), shuffle=False, verify_blocks=False
+    )
+    (batch,) = list(unchecked)
+    assert not batch["image"][256:].any()  # 44 black eyes, trained on silently before
+    with pytest.raises(ShardError, match=f"{shard}: block 0000000[89]: crc32"):
+        list(make_epoch_loader(out, 300, 0, 1, 0, num_workers=0, labels=("idx",)))
+
+
+def test_flipped_label_byte_cannot_change_a_metric(tmp_path: Path) -> None:
+    out = write_set(tmp_path / "set")
+    truth = next(iter(make_epoch_loader(out, 300, 0, 1, 0, 0, ("gaze",), shuffle=False)))
+    shard = out / "shard-000000.tar"
+    offset, size = member(shard, "00000001.gaze.npy")
+    flip_byte(shard, offset + size - 2)  # the high bits of the block's last gaze z
+    # As evaluate reads a test set: in order, every label.
+    unchecked = make_epoch_loader(
+        out, 300, 0, 1, 0, 0, ("gaze",), shuffle=False, verify_blocks=False
+    )
+    wrong = next(iter(unchecked))["gaze"]
+    assert not torch.equal(wrong, truth["gaze"])  # a different "ground truth" before
+    with pytest.raises(ShardError, match=f"{shard}: block 00000001: crc32"):
+        list(make_epoch_loader(out, 300, 0, 1, 0, 0, ("gaze",), shuffle=False))
+
+
+def test_inspect_checks_block_checksums(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = write_set(tmp_path / "set")
+    assert main(["inspect", str(out)]) == 0
+    assert "checksums sha256 per shard, crc32 per block" in capsys.readouterr().out
+    # The sha256 still matches the file: only the block checksum can disagree.
+    edit_manifest(out, lambda d: d["shards"][2]["block_crc32"].__setitem__(1, 12345))
+    assert main(["inspect", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err, f"{out / 'shard-000002.tar'}: block 00000009: crc32")
+
+
+def test_set_without_block_checksums_loads_with_one_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = write_set(tmp_path / "old")
+    edit_manifest(out, lambda d: [s.pop("block_crc32") for s in d["shards"]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not open_shards(out).block_checksums
+        open_shards(out, on_error="skip")
+        ids = epoch_ids(out)
+        next(iter(make_loader(out, 32, 0, 1, 0, num_workers=0, labels=("idx",))))
+    assert ids == list(range(300))
+    (note,) = caught  # once per set and process, however often it is opened
+    assert note.category is UnverifiedShardsWarning and issubclass(note.category, UserWarning)
+    text = str(note.message)
+    assert text.startswith(f"{out}: manifest.json has no block checksums") and "\n" not in text
+    assert "unverified" in text
+    assert main(["inspect", str(out)]) == 0  # the whole-file sha256 still verifies it
+    assert "none per block" in capsys.readouterr().out
+
+
+def test_block_checksum_count_must_match(tmp_path: Path) -> None:
+    out = write_set(tmp_path / "set")
+    edit_manifest(out, lambda d: d["shards"][0]["block_crc32"].pop())
+    with pytest.raises(ShardError, match="shard-000000.tar has 3 block checksums for 4 blocks"):
+        open_shards(out)
 
 
 # --- 3. the manifest is checked as a whole -------------------------------------------------------
