@@ -1,6 +1,7 @@
 """Faults on the shard side (issue 13, "nothing lost, nothing silently wrong"): damaged bytes
-are caught when a block is read, and a manifest that contradicts itself is refused as a whole.
-Every set is written by the real writer into ``tmp_path`` and then damaged on disk."""
+are caught when a block is read, ``convert`` deletes only what it wrote, and a manifest that
+contradicts itself is refused as a whole. Every set is written by the real writer into
+``tmp_path`` and then damaged on disk."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from shards.format import (
     UnverifiedShardsWarning,
     read_manifest,
 )
-from shards.writer import ShardSetWriter
+from shards.sources import SOURCES
+from shards.writer import JOURNAL_NAME, ShardSetWriter
 from tests.fixtures_sources import assert_one_line_error
 
 Edit = Callable[[dict], object]  # changes a manifest's JSON in place
@@ -220,6 +222,128 @@ def test_block_checksum_count_must_match(tmp_path: Path) -> None:
     edit_manifest(out, lambda d: d["shards"][0]["block_crc32"].pop())
     with pytest.raises(ShardError, match="shard-000000.tar has 3 block checksums for 4 blocks"):
         open_shards(out)
+
+
+# --- 2. convert deletes only what it wrote -------------------------------------------------------
+
+
+def convert(out: Path, *extra: str, count: int = 100) -> int:
+    argv = ["convert", "sim-eyes", "--domain", "synthetic", "--count", str(count)]
+    return main([*argv, "--out", str(out), "--shard-size", "40", "--block-size", "20", *extra])
+
+
+def test_rerun_keeps_user_files_that_merely_match_the_pattern(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "set"
+    assert convert(out, count=100) == 0  # 3 shards
+    mine = {"shard-backup.tar": b"mine", "notes.txt": b"notes", "shard-old.tar.bak": b"x"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    assert convert(out, count=30) == 0  # 1 shard: the other two must go, nothing else
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [MANIFEST_NAME, "shard-000000.tar", *mine]
+    )
+    assert all((out / name).read_bytes() == data for name, data in mine.items())
+    assert read_manifest(out).count == 30
+
+
+def test_unlisted_numbered_shard_is_refused_not_deleted(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "set"
+    assert convert(out) == 0
+    stray = out / "shard-000007.tar"
+    stray.write_bytes(b"someone else's")
+    before = read_manifest(out)
+    capsys.readouterr()
+    for extra in ((), ("--overwrite",)):
+        assert convert(out, *extra, count=300) == 2
+        assert_one_line_error(capsys.readouterr().err, f"{stray}: no manifest written here")
+    assert stray.read_bytes() == b"someone else's"
+    assert read_manifest(out) == before  # refused before anything was touched
+
+
+def test_non_empty_folder_needs_overwrite_and_keeps_its_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "photos"
+    out.mkdir()
+    files = {"a.png": b"png", "shard-mine.tar": b"tar", ".manifest.json.mine": b"hidden"}
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    assert convert(out) == 2
+    assert_one_line_error(capsys.readouterr().err, f"{out}: not empty", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+
+    assert convert(out, "--overwrite") == 0
+    assert read_manifest(out).count == 100
+    assert all((out / name).read_bytes() == data for name, data in files.items())
+    # Now a shard set: rewriting it needs no --overwrite, and still keeps the files.
+    assert convert(out, count=50) == 0
+    assert all((out / name).read_bytes() == data for name, data in files.items())
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*files, MANIFEST_NAME, "shard-000000.tar", "shard-000001.tar"]
+    )
+
+
+def test_foreign_manifest_is_never_replaced(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "webapp"
+    out.mkdir()
+    (out / MANIFEST_NAME).write_text('{"name": "my web app"}')
+    for extra in ((), ("--overwrite",)):
+        assert convert(out, *extra) == 2
+        assert_one_line_error(capsys.readouterr().err, f"{out / MANIFEST_NAME}: not written by")
+    assert (out / MANIFEST_NAME).read_text() == '{"name": "my web app"}'
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME]
+
+
+def test_a_manifest_cannot_make_convert_delete_outside_its_set(tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    assert convert(out) == 0
+    victim = tmp_path / "victim.tar"
+    victim.write_bytes(b"precious")
+    (out / "keep.txt").write_bytes(b"kept")
+    names = ["../victim.tar", str(victim), "keep.txt", MANIFEST_NAME]
+    edit_manifest(out, lambda d: d["shards"].extend({"name": n} for n in names))
+    assert convert(out) == 0
+    assert victim.read_bytes() == b"precious" and (out / "keep.txt").read_bytes() == b"kept"
+
+
+def test_rerun_after_an_interruption_removes_only_its_partial_shards(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "set"
+    out.mkdir()
+    (out / "README").write_text("mine")
+    with (
+        pytest.raises(RuntimeError),
+        ShardSetWriter(
+            out, (8, 8), "uint8", {}, {}, shard_size=10, block_size=5, overwrite=True
+        ) as writer,
+    ):
+        writer.add(np.zeros((35, 8, 8), np.uint8), {})
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in out.iterdir()) == [
+        JOURNAL_NAME,
+        "README",
+        *(f"shard-00000{i}.tar" for i in range(4)),
+    ]
+    # The journal names the partial shards as ours: no --overwrite, and they are all replaced.
+    assert convert(out, count=30) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [MANIFEST_NAME, "README", "shard-000000.tar"]
+    )
+    assert (out / "README").read_text() == "mine"
+
+
+@pytest.mark.parametrize("source", [s.NAME for s in SOURCES])
+def test_every_source_documents_overwrite(source: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", source, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--overwrite" in text and "never deletes or replaces a file it did not write" in text
 
 
 # --- 3. the manifest is checked as a whole -------------------------------------------------------
