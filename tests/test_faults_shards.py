@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import tarfile
 import warnings
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+import shards.format
 from distsim.data import (
     BatchStream,
     EpochStream,
@@ -31,6 +33,7 @@ from shards.format import (
     MANIFEST_NAME,
     ShardError,
     UnverifiedShardsWarning,
+    block_crc32,
     read_manifest,
 )
 from shards.sources import SOURCES
@@ -183,6 +186,34 @@ def test_flipped_label_byte_cannot_change_a_metric(tmp_path: Path) -> None:
     assert not torch.equal(wrong, truth["gaze"])  # a different "ground truth" before
     with pytest.raises(ShardError, match=f"{shard}: block 00000001: crc32"):
         list(make_epoch_loader(out, 300, 0, 1, 0, 0, ("gaze",), shuffle=False))
+
+
+def test_each_block_is_hashed_once_until_its_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = write_set(tmp_path / "set")
+    hashed: list[int] = []
+
+    def counting(members: Iterable[bytes | memoryview]) -> int:
+        hashed.append(1)
+        return block_crc32(members)
+
+    monkeypatch.setattr(shards.format, "block_crc32", counting)
+    stream = EpochStream(out, open_shards(out), 64, 0, 1, 0, ("idx",))
+    for epoch in range(3):
+        stream.set_epoch(epoch)
+        assert sorted(i for b in stream for i in b["idx"].tolist()) == list(range(300))
+    assert len(hashed) == 10  # every block once: re-reading unchanged bytes costs no hashing
+    # A shard changed on disk since (here its mtime moves on, as any write moves it) is
+    # checked again before it is used.
+    shard = out / "shard-000001.tar"
+    offset, size = member(shard, "00000006.image.npy")
+    flip_byte(shard, offset + size - 1)
+    stat = shard.stat()
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(ShardError, match=f"{shard}: block 00000006: crc32"):
+        list(stream)
+    assert len(hashed) > 10
 
 
 def test_inspect_checks_block_checksums(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
