@@ -6,7 +6,8 @@ What is timed, per process (the consumer's rate; DataLoader workers are extra pr
 each batch of 512 (1, 35, 55) uint8 eyes is converted as the trainer does, ``x.float() / 127.5
 - 1``, so every number is "float batches ready for the model".
 
-- shards, resampled: ``make_loader`` (BatchStream, the trainer's infinite stream), workers 0/1/2.
+- shards, resampled: ``make_loader`` (BatchStream, the trainer's infinite stream), workers 0/1/2;
+  ``--block-checksums both`` measures it with and without the per-block CRC32 check.
 - shards, exact epoch: ``make_epoch_loader`` (EpochStream), one full epoch, workers 0/1/2.
 - h5, one (N, 35, 55) dataset: random batches read with sorted fancy indexing (``ds[idx]``),
   and contiguous slices (no shuffling at all: an upper bound for h5).
@@ -66,16 +67,34 @@ def rate(batches: Iterator[torch.Tensor], n_batches: int) -> tuple[float, int]:
     return images / (time.perf_counter() - start), images
 
 
-def shard_rates(directory: Path, n_batches: int, workers: list[int]) -> list[dict]:
+def shard_rates(
+    directory: Path,
+    n_batches: int,
+    workers: list[int],
+    checks: list[bool],
+    repeats: int = 1,
+    resampled_only: bool = False,
+) -> list[dict]:
+    """Rows per worker count; ``checks``: with and/or without per-block checksums, alternated
+    ``repeats`` times so that a load change on a shared machine hits both alike."""
     rows = []
     for num_workers in workers:
-        loader = make_loader(directory, BATCH, 0, 1, seed=0, num_workers=num_workers, labels=())
-        stream = (to_float(b["image"]) for b in loader)
-        for _ in range(5):  # worker start-up is not throughput
-            next(stream)
-        per_s, n = rate(stream, n_batches)
-        rows.append(row("shards, resampled (BatchStream)", num_workers, per_s, n))
-        del stream, loader
+        for _ in range(repeats):
+            for check in checks:
+                loader = make_loader(
+                    directory, BATCH, 0, 1, 0, num_workers, (), verify_blocks=check
+                )
+                stream = (to_float(b["image"]) for b in loader)
+                for _ in range(5):  # worker start-up is not throughput
+                    next(stream)
+                per_s, n = rate(stream, n_batches)
+                name = "shards, resampled (BatchStream)"
+                if not check:
+                    name += ", block checksums off"
+                rows.append(row(name, num_workers, per_s, n))
+                del stream, loader
+        if resampled_only:
+            continue
 
         loader = make_epoch_loader(directory, BATCH, 0, 1, seed=0, num_workers=num_workers)
         for _ in loader:  # epoch 0 starts the workers
@@ -250,6 +269,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--no-conversion", action="store_true", help="skip the conversion section")
     p.add_argument(
+        "--block-checksums",
+        choices=("on", "off", "both"),
+        default="on",
+        help="resampled loader with per-block checksums verified (on, the default everywhere), "
+        "not verified (off), or both, alternated: what verification costs",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=1, help="times each resampled row is measured (default 1)"
+    )
+    p.add_argument(
+        "--resampled-only",
+        action="store_true",
+        help="only the resampled make_loader rows: no epoch loader, h5 baselines or conversion",
+    )
+    p.add_argument(
         "--source-count",
         type=int,
         default=2000,
@@ -275,8 +309,13 @@ def main(argv: list[str] | None = None) -> None:
         write_s = time.perf_counter() - start
 
         print(f"readers, batch {BATCH}, float conversion included, {a.threads} torch thread(s):")
-        loaders = shard_rates(tmp / "set", a.batches, a.workers)
-        baselines = h5_rates(sample["image"], tmp, a.batches, max(2, a.batches // 20))
+        checks = {"on": [True], "off": [False], "both": [True, False]}[a.block_checksums]
+        loaders = shard_rates(
+            tmp / "set", a.batches, a.workers, checks, a.repeats, a.resampled_only
+        )
+        baselines = []
+        if not a.resampled_only:
+            baselines = h5_rates(sample["image"], tmp, a.batches, max(2, a.batches // 20))
 
         conversion = [
             {
@@ -292,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
                 "images_per_s": round(a.count / write_s),
             },
         ]
-        if not a.no_conversion:
+        if not (a.no_conversion or a.resampled_only):
             print("conversion:")
             counts = dict.fromkeys(fixture_sources(), a.source_count)
             conversion += conversion_rates(tmp, a.count, counts, a.convert_workers)

@@ -76,6 +76,10 @@ def inspect_shard_set(
     for name, spec in m.labels.items():
         out(f"  label     {name} {list(spec.shape)} {spec.dtype}: {spec.description}")
     out(f"  created   {m.created} by tool {m.tool_version}")
+    out(
+        "  checksums sha256 per shard, "
+        + ("crc32 per block" if m.block_checksums else "none per block (an older shards wrote it)")
+    )
 
     # The sheet's samples are picked up during the verifying pass: no second read.
     rng = np.random.default_rng(seed)
@@ -148,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser(
         "inspect",
         help="summarise and verify a shard set, and draw a contact sheet",
-        description="Print a shard set's manifest, verify every shard's sha256, decode every "
-        "block, and write a PNG contact sheet of random samples with their gaze drawn as an "
-        "arrow from the pupil (or the image centre).",
+        description="Print a shard set's manifest, verify every shard's sha256 and every "
+        "block's crc32, decode every block, and write a PNG contact sheet of random samples "
+        "with their gaze drawn as an arrow from the pupil (or the image centre).",
     )
     inspect.add_argument("dir", type=Path)
     inspect.add_argument(

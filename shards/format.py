@@ -8,8 +8,15 @@ A shard set is a directory holding ``shard-000000.tar``, ``shard-000001.tar``, .
     00000000.gaze.npy    (K, 3) float32           one member per label
     00000001.image.npy   ...
 
-Block numbers are global across the set. Arrays are ``.npy`` bytes, never pickles. The manifest
-is written last, so a directory without one is an incomplete conversion and is refused.
+Block numbers are global across the set. Every block of a shard holds exactly ``block_size``
+images except the shard's last, which holds 1 to ``block_size``. Arrays are ``.npy`` bytes,
+never pickles. The manifest is written last, so a directory without one is an incomplete
+conversion and is refused.
+
+The manifest vouches for the bytes twice: a sha256 per shard file (read whole by ``inspect`` or
+``verify=True``) and, per block, a CRC32 of its members' data in file order (``block_crc32``),
+which readers check each time they read a block, so a flipped byte never trains silently. Sets
+written before block checksums existed have no ``block_crc32`` and are read unverified.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import io
 import json
 import re
 import tarfile
-from dataclasses import asdict, dataclass
+import zlib
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -53,6 +62,11 @@ class ShardError(ValueError):
     """A shard set on disk is missing, incomplete or corrupt. The message is one line."""
 
 
+class UnverifiedShardsWarning(UserWarning):
+    """A shard set's manifest has no block checksums (written before they existed): its blocks
+    are read without checking their bytes. Reconverting the set adds them."""
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
 
@@ -80,6 +94,8 @@ class ShardInfo:
     blocks: int
     bytes: int
     sha256: str
+    # CRC32 of each block's member data, in file order; None in sets written before them.
+    block_crc32: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -106,7 +122,17 @@ class Manifest:
             k: {"shape": list(s.shape), "dtype": s.dtype, "description": s.description}
             for k, s in self.labels.items()
         }
+        for shard in d["shards"]:
+            if shard["block_crc32"] is None:
+                del shard["block_crc32"]  # as written before block checksums existed
+            else:
+                shard["block_crc32"] = list(shard["block_crc32"])
         return json.dumps(d, indent=2) + "\n"
+
+    @property
+    def block_checksums(self) -> bool:
+        """Whether every block has a checksum (sets written before them have none)."""
+        return all(s.block_crc32 is not None for s in self.shards)
 
     @classmethod
     def from_json(cls, text: str, where: str = MANIFEST_NAME) -> Manifest:
@@ -144,16 +170,7 @@ class Manifest:
                 raise ValueError(f"label {name} dtype {spec['dtype']!r} not in {LABEL_DTYPES}")
             shape = _int_tuple(spec["shape"], f"labels.{name}.shape")
             labels[name] = LabelSpec(shape, spec["dtype"], str(spec.get("description", "")))
-        shards = [
-            ShardInfo(
-                name=_typed(s["name"], str, "shards.name"),
-                count=_typed(s["count"], int, "shards.count"),
-                blocks=_typed(s["blocks"], int, "shards.blocks"),
-                bytes=_typed(s["bytes"], int, "shards.bytes"),
-                sha256=_typed(s["sha256"], str, "shards.sha256"),
-            )
-            for s in _typed(d["shards"], list, "shards")
-        ]
+        shards = [_shard_info(s) for s in _typed(d["shards"], list, "shards")]
         m = cls(
             count=_typed(d["count"], int, "count"),
             image_shape=image_shape,  # type: ignore[arg-type]
@@ -169,11 +186,80 @@ class Manifest:
                 d.get("labels_for_evaluation_only", False), bool, "labels_for_evaluation_only"
             ),
         )
-        if m.block_size < 1:
-            raise ValueError(f"block_size {m.block_size} must be positive")
-        if sum(s.count for s in shards) != m.count:
-            raise ValueError(f"shard counts sum to {sum(s.count for s in shards)}, not {m.count}")
+        m._check_whole()
         return m
+
+    def _check_whole(self) -> None:
+        """What no single field shows: the shards and counts must agree with each other.
+
+        Readers size buffers from ``block_size`` and open ``<dir>/<name>`` for every entry, so a
+        lie here would allocate without bound, read outside the set, or read a shard twice.
+        """
+        if self.block_size < 1:
+            raise ValueError(f"block_size {self.block_size} must be positive")
+        if self.count < 1 or not self.shards:
+            raise ValueError(f"count {self.count} with {len(self.shards)} shards: the set is empty")
+        seen: set[str] = set()
+        for s in self.shards:
+            _check_shard_name(s.name)
+            if s.name in seen:
+                raise ValueError(f"shard {s.name} is listed twice")
+            seen.add(s.name)
+            if s.count < 1 or s.blocks < 1 or s.bytes < 1:
+                raise ValueError(
+                    f"shard {s.name} has count {s.count}, blocks {s.blocks}, bytes {s.bytes}: "
+                    "each must be positive"
+                )
+            # Every block but a shard's last is full, the last holds 1 to block_size images.
+            if not (s.blocks - 1) * self.block_size < s.count <= s.blocks * self.block_size:
+                raise ValueError(
+                    f"shard {s.name} has {s.count} images in {s.blocks} blocks, which does not "
+                    f"fit block_size {self.block_size}"
+                )
+            if s.block_crc32 is not None and len(s.block_crc32) != s.blocks:
+                raise ValueError(
+                    f"shard {s.name} has {len(s.block_crc32)} block checksums for {s.blocks} blocks"
+                )
+        if sum(s.count for s in self.shards) != self.count:
+            raise ValueError(
+                f"shard counts sum to {sum(s.count for s in self.shards)}, not {self.count}"
+            )
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _shard_info(s: Any) -> ShardInfo:
+    crc = s.get("block_crc32") if isinstance(s, dict) else None
+    if crc is not None:
+        crc = _typed(crc, list, "shards.block_crc32")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in crc):
+            raise TypeError(f"field shards.block_crc32 should hold 32-bit unsigned ints, got {crc}")
+        crc = tuple(crc)
+    info = ShardInfo(
+        name=_typed(s["name"], str, "shards.name"),
+        count=_typed(s["count"], int, "shards.count"),
+        blocks=_typed(s["blocks"], int, "shards.blocks"),
+        bytes=_typed(s["bytes"], int, "shards.bytes"),
+        sha256=_typed(s["sha256"], str, "shards.sha256"),
+        block_crc32=crc,
+    )
+    if not _SHA256.fullmatch(info.sha256):
+        raise ValueError(f"shard {info.name} sha256 {info.sha256!r} is not 64 hex digits")
+    return info
+
+
+def _check_shard_name(name: str) -> None:
+    # A shard is a plain file of the set's own directory: an absolute path, "..", or a
+    # subdirectory would make a reader open files outside the set, and convert delete them.
+    if (
+        name in ("", ".", "..", MANIFEST_NAME)
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or name.startswith(".")
+    ):
+        raise ValueError(f"shard name {name!r} is not a file name inside the set's directory")
 
 
 def _typed(value: Any, kind: type, name: str) -> Any:
@@ -221,6 +307,15 @@ def check_shard_file(root: Path, info: ShardInfo) -> Path:
             f"{shard}: {size} bytes but {MANIFEST_NAME} says {info.bytes} (truncated?)"
         )
     return shard
+
+
+def block_crc32(members: Iterable[bytes | memoryview]) -> int:
+    """The checksum the manifest keeps per block: CRC32 of the members' data, chained in file
+    order (tar headers are not included: tarfile checks their own checksums when indexing)."""
+    crc = 0
+    for data in members:
+        crc = zlib.crc32(data, crc)
+    return crc
 
 
 def file_sha256(path: str | Path) -> str:
@@ -318,10 +413,15 @@ class BlockRef:
     start: int  # file offset of the first member's data
     length: int  # bytes from start to the end of the last member's data
     members: tuple[tuple[str, int, int], ...]  # (member name, offset from start, size)
+    crc32: int | None = None  # the manifest's block checksum (None: written before them)
 
 
 def index_shard(path: str | Path, shard: int, manifest: Manifest) -> list[BlockRef]:
-    """List the blocks of one shard, checking layout and counts against the manifest."""
+    """List the blocks of one shard, checking layout and counts against the manifest.
+
+    Every block but the shard's last must hold ``block_size`` images (the last 1 to
+    ``block_size``): checked here, before any reader sizes a buffer from ``block_size``.
+    """
     info = manifest.shards[shard]
     need = {f"{IMAGE_KEY}.npy", *(f"{name}.npy" for name in manifest.labels)}
     groups: dict[str, list[tuple[str, int, int]]] = {}
@@ -358,6 +458,15 @@ def index_shard(path: str | Path, shard: int, manifest: Manifest) -> list[BlockR
             f"{path}: holds {len(blocks)} blocks / {total} images but "
             f"{MANIFEST_NAME} says {info.blocks} / {info.count}"
         )
+    for i, b in enumerate(blocks):
+        if b.count > manifest.block_size or (i < len(blocks) - 1 and b.count < manifest.block_size):
+            raise ShardError(
+                f"{path}: block {b.key} holds {b.count} images, which disagrees with "
+                f"{MANIFEST_NAME}'s block_size {manifest.block_size}"
+            )
+    if info.block_crc32 is not None:
+        # Blocks are listed in file order, as the writer wrote them and their checksums.
+        blocks = [replace(b, crc32=crc) for b, crc in zip(blocks, info.block_crc32, strict=True)]
     return blocks
 
 
@@ -380,13 +489,26 @@ def _npy_rows(f: BinaryIO, offset: int, path: str | Path, key: str) -> int:
 
 
 def read_block(
-    f: BinaryIO, ref: BlockRef, names: tuple[str, ...] | None = None
+    f: BinaryIO, ref: BlockRef, names: tuple[str, ...] | None = None, *, verify: bool = True
 ) -> dict[str, bytes]:
-    """Read a block's raw members (all, or only ``names`` such as ("image.npy", "gaze.npy"))."""
+    """Read a block's raw members (all, or only ``names`` such as ("image.npy", "gaze.npy")).
+
+    With ``verify`` (the default) and a checksum in ``ref``, the CRC32 of all its members is
+    checked first, so corrupt bytes are never decoded (a flipped .npy header could ask for any
+    allocation). ShardError names the problem; the caller adds shard and block.
+    """
     f.seek(ref.start)
     data = f.read(ref.length)
     if len(data) != ref.length:
         raise ShardError(f"block {ref.key} is truncated")
+    if verify and ref.crc32 is not None:
+        view = memoryview(data)  # slices of a memoryview are not copies
+        got = block_crc32(view[off : off + n] for _, off, n in ref.members)
+        if got != ref.crc32:
+            raise ShardError(
+                f"crc32 {got:08x} of its data differs from {MANIFEST_NAME}'s {ref.crc32:08x} "
+                "(corrupt)"
+            )
     return {
         name: data[off : off + n] for name, off, n in ref.members if names is None or name in names
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,14 +15,15 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from shards.format import (
+    FORMAT_NAME,
     IMAGE_DTYPES,
     LABEL_DTYPES,
     MANIFEST_NAME,
-    SHARD_GLOB,
     TOOL_VERSION,
     LabelSpec,
     Manifest,
     ShardInfo,
+    block_crc32,
     block_key,
     check_label_name,
     encode_block,
@@ -32,13 +34,28 @@ from shards.format import (
 LabelArg = tuple[tuple[int, ...], str, str] | LabelSpec
 
 
+# Written before each new shard file is created and removed once the manifest is: the names of
+# the files this writer may have left here, so a rerun after an interruption (even SIGKILL)
+# deletes exactly those. Its temp file, like the manifest's, matches _TEMP_GLOB.
+JOURNAL_NAME = f".{MANIFEST_NAME}.writing"
+_TEMP_GLOB = f".{MANIFEST_NAME}.*.tmp"
+# The only names this writer gives shards: a manifest listing anything else cannot make it
+# delete that file.
+_SHARD_NAME = re.compile(r"shard-\d{6,}\.tar")
+
+
 class ShardSetWriter:
     """Context manager that writes a shard set into ``out_dir``.
 
-    On entry an existing shard set there is removed (manifest first, so an interrupted rewrite is
-    never mistaken for a complete set). The manifest is written only when the with-block ends
-    without an exception; partial shards left behind by an error are refused by every reader.
-    Tar headers carry fixed mtime/uid/gid/mode, so equal inputs give byte-identical shards.
+    On entry the shard set already there is removed: the manifest first (so an interrupted
+    rewrite is never mistaken for a complete set), then the shards it lists, the shards an
+    interrupted run recorded in ``JOURNAL_NAME``, and this tool's temp files; nothing else is
+    ever deleted or replaced. A directory holding other (non-hidden) files and no shard set is
+    refused unless ``overwrite`` (its files are kept), and so is a ``manifest.json`` or a
+    ``shard-NNNNNN.tar`` that no manifest written here vouches for, even with ``overwrite``.
+    The manifest is written only when the with-block ends without an exception; partial shards
+    left behind by an error are refused by every reader, and a rerun removes them. Tar headers
+    carry fixed mtime/uid/gid/mode, so equal inputs give byte-identical shards.
 
     A shard closes after ``shard_size`` images or, with ``shard_bytes``, after the first block
     that takes it to at least that many bytes, whichever comes first.
@@ -57,6 +74,7 @@ class ShardSetWriter:
         shard_bytes: int | None = None,
         labelled: bool = True,
         labels_for_evaluation_only: bool = False,
+        overwrite: bool = False,
     ) -> None:
         shape = tuple(int(s) for s in image_shape)
         if len(shape) == 2:
@@ -93,20 +111,60 @@ class ShardSetWriter:
         self._tar: tarfile.TarFile | None = None
         self._shard_count = 0  # images in the open shard
         self._shard_blocks = 0
+        self._shard_crc32: list[int] = []  # checksums of the open shard's blocks
         self._blocks = 0  # global block number
         self._pending: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self._pending_count = 0
         self._closed = False
         self.manifest: Manifest | None = None  # set by close()
-        self._remove_old()
+        self._written: list[str] = []  # shard files created so far, as in the journal
+        self._remove_old(overwrite)
 
-    def _remove_old(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-        for path in self.out_dir.glob(SHARD_GLOB):
-            path.unlink()
-        for path in self.out_dir.glob(f".{MANIFEST_NAME}.*.tmp"):
-            path.unlink()
+    def _remove_old(self, overwrite: bool) -> None:
+        """Delete what a previous run of this tool left in ``out_dir``, and nothing else."""
+        out = self.out_dir
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out}: exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        listed = _names_written(out / MANIFEST_NAME, "shards")
+        pending = _names_written(out / JOURNAL_NAME, "writing")
+        ours = {*(listed or ()), *(pending or ())}
+        temps = {p.name for p in out.glob(_TEMP_GLOB)}
+        others = sorted(
+            p.name
+            for p in out.iterdir()
+            if p.name not in {*ours, *temps, MANIFEST_NAME, JOURNAL_NAME}
+        )
+        visible = [name for name in others if not name.startswith(".")]
+        if listed is None and pending is None and visible and not overwrite:
+            shown = ", ".join(visible[:3]) + (", ..." if len(visible) > 3 else "")
+            raise ValueError(
+                f"{out}: not empty ({shown}) and not a shard set; --overwrite writes into it "
+                "anyway, keeping those files"
+            )
+        clash = [name for name in others if _SHARD_NAME.fullmatch(name)]
+        if clash:
+            raise ValueError(
+                f"{out / clash[0]}: no manifest written here lists it (an older shards' "
+                "interrupted run, or not ours): move it away; shards replaces only files it wrote"
+            )
+        # Recorded before anything is deleted, so an interruption now is cleaned up by a rerun.
+        self._write_journal(sorted(name for name in ours if (out / name).exists()))
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
+        for name in sorted(ours):
+            (out / name).unlink(missing_ok=True)
+        for name in temps:
+            (out / name).unlink(missing_ok=True)
+        # Names no longer ours must leave the journal: a user's file could take one later.
+        self._write_journal([])
+
+    def _write_journal(self, names: list[str]) -> None:
+        tmp = self.out_dir / f"{JOURNAL_NAME}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"format": FORMAT_NAME, "writing": names}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.out_dir / JOURNAL_NAME)
 
     def __enter__(self) -> ShardSetWriter:
         return self
@@ -182,16 +240,21 @@ class ShardSetWriter:
         self._pending, self._pending_count = [], 0
         if self._tar is None:
             path = self.out_dir / shard_name(len(self._shards))
-            # Both stay open across add() calls; _close_shard closes them.
-            self._file = open(path, "wb")  # noqa: SIM115
+            self._written.append(path.name)
+            self._write_journal(self._written)  # before the file exists: a kill leaves it listed
+            # "x": a file that appeared since __init__ is not ours to replace. Both stay open
+            # across add() calls; _close_shard closes them.
+            self._file = open(path, "xb")  # noqa: SIM115
             self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         key = block_key(self._blocks)
-        for member, data in encode_block(images, labels).items():
+        members = encode_block(images, labels)
+        for member, data in members.items():
             info = tarfile.TarInfo(f"{key}.{member}")
             info.size = len(data)
             info.mtime, info.mode, info.uid, info.gid = 0, 0o644, 0, 0
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(data))
+        self._shard_crc32.append(block_crc32(members.values()))  # members in file order
         self._blocks += 1
         self._shard_blocks += 1
         self._shard_count += len(images)
@@ -220,9 +283,11 @@ class ShardSetWriter:
                     self._shard_blocks,
                     path.stat().st_size,
                     file_sha256(path),
+                    tuple(self._shard_crc32),
                 )
             )
         self._shard_count = self._shard_blocks = 0
+        self._shard_crc32 = []
 
     def close(self) -> Manifest:
         """Flush the last block and shard, then write the manifest atomically."""
@@ -253,5 +318,28 @@ class ShardSetWriter:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.out_dir / MANIFEST_NAME)
+        (self.out_dir / JOURNAL_NAME).unlink(missing_ok=True)  # the manifest lists what is ours
         self.manifest = manifest
         return manifest
+
+
+def _names_written(path: Path, key: str) -> list[str] | None:
+    """The shard file names a manifest or journal written by this tool lists (None: no such
+    file); ValueError for a file by that name that this tool did not write."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError:
+        d = None
+    if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+        raise ValueError(
+            f'{path}: not written by shards (no "format": "{FORMAT_NAME}"); move it away: '
+            "shards replaces only files it wrote"
+        )
+    entries = d.get(key)
+    entries = entries if isinstance(entries, list) else []
+    names = [e.get("name") if isinstance(e, dict) else e for e in entries]
+    return [n for n in names if isinstance(n, str) and _SHARD_NAME.fullmatch(n)]

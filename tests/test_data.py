@@ -11,6 +11,7 @@ import os
 import re
 import tarfile
 import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -175,9 +176,8 @@ def test_loader_names_corrupt_shard(tmp_path: Path) -> None:
         s = stream(out, batch_size=64)
         f.seek(512)
         f.write(b"garbage!" * 8)
-    with pytest.raises(
-        ValueError, match=re.escape(f"{shard}: block 00000002: image.npy does not decode")
-    ):
+    # The block's checksum catches it before anything is decoded.
+    with pytest.raises(ValueError, match=re.escape(f"{shard}: block 00000002: crc32 ")):
         take(iter(s), 20)
 
 
@@ -606,7 +606,7 @@ def test_corrupt_block_raises_naming_the_shard_or_is_skipped_and_counted(tmp_pat
         with pytest.raises(ShardError) as error:
             list(loader)
         # One line that names the file and block, also when it came from a worker process.
-        assert str(error.value).startswith(f"{shard}: block 00000003: idx.npy does not decode")
+        assert str(error.value).startswith(f"{shard}: block 00000003: crc32 ")
         assert "\n" not in str(error.value)
 
     with warnings.catch_warnings(record=True) as caught:
@@ -618,7 +618,7 @@ def test_corrupt_block_raises_naming_the_shard_or_is_skipped_and_counted(tmp_pat
     (warning,) = caught  # once: the block is decoded once per epoch
     assert warning.category is ShardWarning
     message = str(warning.message)
-    assert message.startswith(f"{shard}: block 00000003: idx.npy does not decode")
+    assert message.startswith(f"{shard}: block 00000003: crc32 ")
     assert message.endswith("; skipping its 32 images")
     assert len(batches) == len(loader) == 26
     assert sum(b["skipped_blocks"] for b in batches) == 1
@@ -640,11 +640,15 @@ def test_corrupt_block_raises_naming_the_shard_or_is_skipped_and_counted(tmp_pat
     assert all(not 96 <= i < 128 for batch in batches for i in batch["idx"].tolist())
 
 
-def test_flipped_pixel_is_caught_only_by_verify(tmp_path: Path) -> None:
+def test_flipped_pixel_is_caught_by_block_checksums_and_verify(tmp_path: Path) -> None:
     directory = uneven(tmp_path)
     shard = directory / "shard-000002.tar"
     flip_byte(shard, member_offset(shard, "00000025.image.npy") + 200)  # past the npy header
-    assert len(list(EpochStream(directory, open_shards(directory), 32, 0, 1, 0, ()))) == 26
+    with pytest.raises(ShardError, match=re.escape(f"{shard}: block 00000025: crc32 ")):
+        list(EpochStream(directory, open_shards(directory), 32, 0, 1, 0, ()))
+    # Without the block checksums it decodes: only they or the sha256 can see it.
+    unchecked = EpochStream(directory, open_shards(directory), 32, 0, 1, 0, (), verify_blocks=False)
+    assert len(list(unchecked)) == 26
     with pytest.raises(ShardError, match=re.escape(f"{shard}: sha256 differs")):
         make_loader(directory, 32, 0, 1, 0, num_workers=0, verify=True, labels=())
     with pytest.warns(ShardWarning, match=re.escape(f"{shard}: sha256 differs")):
@@ -674,10 +678,21 @@ def test_pickled_object_array_is_refused_not_unpickled(tmp_path: Path) -> None:
                 member.size = len(data)
             dst.addfile(member, io.BytesIO(data))
     rewritten.replace(shard)
-    # The manifest vouches for the new bytes, so only decoding stands between us and pickle.
+    # The manifest vouches for the new bytes (size, sha256, block checksums), so only decoding
+    # stands between us and pickle.
+    crcs: dict[str, int] = {}
+    with tarfile.open(shard) as tar:
+        for member in tar:  # file order, as the writer chains them
+            key = member.name.split(".")[0]
+            crcs[key] = zlib.crc32(tar.extractfile(member).read(), crcs.get(key, 0))
     m = open_shards(directory)
     infos = [
-        dataclasses.replace(s, bytes=shard.stat().st_size, sha256=file_sha256(shard))
+        dataclasses.replace(
+            s,
+            bytes=shard.stat().st_size,
+            sha256=file_sha256(shard),
+            block_crc32=tuple(crcs.values()),
+        )
         if s.name == shard.name
         else s
         for s in m.shards

@@ -23,7 +23,7 @@ from shards.format import (
     decode_block,
     read_manifest,
 )
-from shards.writer import ShardSetWriter
+from shards.writer import JOURNAL_NAME, ShardSetWriter
 from tests.fixtures_sources import read_shard_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,6 +144,7 @@ def test_interrupted_conversion_is_refused(tmp_path: Path, capsys: pytest.Captur
         raise RuntimeError("killed")
     assert not (out / MANIFEST_NAME).exists()
     assert sorted(p.name for p in out.iterdir()) == [
+        JOURNAL_NAME,  # lists the partial shards, for a rerun to remove
         "shard-000000.tar",
         "shard-000001.tar",
         "shard-000002.tar",

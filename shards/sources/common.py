@@ -86,6 +86,7 @@ class Output:
     workers: int = 1
     limit: int | None = None  # stop after this many images
     progress: bool = True
+    overwrite: bool = False  # write into a directory holding other files (they are kept)
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -93,7 +94,15 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         required=True,
-        help="output directory (an existing shard set there is replaced)",
+        help="output directory: a shard set there is replaced (only the files its manifest "
+        "lists are deleted, others are kept); a non-empty directory that is not a shard set "
+        "needs --overwrite",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into --out although it holds files that are not a shard set; they are "
+        "kept: shards never deletes or replaces a file it did not write",
     )
     p.add_argument(
         "--shard-size",
@@ -118,7 +127,7 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def output_from_args(a: argparse.Namespace) -> Output:
-    return Output(a.out, a.shard_size, a.block_size, a.workers, a.limit)
+    return Output(a.out, a.shard_size, a.block_size, a.workers, a.limit, overwrite=a.overwrite)
 
 
 def _shard_size_arg(text: str) -> ShardSize:
@@ -297,6 +306,7 @@ def write_tasks(
             block_size=output.block_size,
             labelled=labelled,
             labels_for_evaluation_only=labels_for_evaluation_only,
+            overwrite=output.overwrite,
         ) as writer,
         # disable=None: no bar when stderr is not a terminal, so logs and errors stay clean.
         tqdm(total=total, unit="img", desc=desc, disable=None if output.progress else True) as bar,

@@ -51,15 +51,17 @@ def convert_sim_eyes(
     block_size: int = 256,
     workers: int = 1,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Manifest:
-    """Render ``count`` eyes from the built-in simulator into a shard set at ``out_dir``."""
+    """Render ``count`` eyes from the built-in simulator into a shard set at ``out_dir``
+    (``overwrite``: see ``ShardSetWriter``)."""
     eyes = importlib.import_module("distsim.sim.eyes")
     if domain not in eyes.DOMAINS:
         raise ValueError(f"unknown domain {domain!r}; expected one of {eyes.DOMAINS}")
     if count < 1 or seed < 0:
         raise ValueError(f"count ({count}) must be >= 1 and seed ({seed}) >= 0")
     size = shard_size if isinstance(shard_size, ShardSize) else ShardSize(images=shard_size)
-    output = Output(Path(out_dir), size, block_size, workers, None, progress)
+    output = Output(Path(out_dir), size, block_size, workers, None, progress, overwrite)
     tasks = [(domain, seed, s, min(_CHUNK, count - s)) for s in range(0, count, _CHUNK)]
     real = domain != "synthetic"
     return write_tasks(
@@ -109,4 +111,5 @@ def _run(a: argparse.Namespace) -> Manifest:
         block_size=o.block_size,
         workers=o.workers,
         progress=o.progress,
+        overwrite=o.overwrite,
     )
