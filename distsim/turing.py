@@ -628,7 +628,7 @@ class TuringSession:
             if old != settings:
                 diff = ", ".join(k for k in settings if old[k] != settings[k])
                 raise TuringError(
-                    f"{path}: {self.out_dir} holds a session with other settings ({diff} differ); "
+                    f"{path}: this --out holds a session with other settings ({diff} differ); "
                     "give the same sets and flags to resume it, or another --out"
                 )
         elif (self.out_dir / LOG_NAME).exists():
@@ -969,7 +969,7 @@ body { margin: 0; padding: 12px 20px; font: 15px/1.4 system-ui, sans-serif; colo
   background: #f6f7f8; }
 h1 { font-size: 19px; margin: 0 0 4px; }
 h2 { font-size: 15px; margin: 0 0 6px; }
-img.px { image-rendering: pixelated; image-rendering: crisp-edges; display: block;
+img.px { image-rendering: pixelated; display: block;
   background: #ccc; }
 header { display: flex; gap: 18px; align-items: baseline; flex-wrap: wrap; }
 header .meta { color: var(--muted); }
