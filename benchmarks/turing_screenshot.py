@@ -76,6 +76,9 @@ def screenshot(
                 page.wait_for_selector("body[data-mode=ready]")
                 page.keyboard.press(key)
             page.wait_for_selector("body[data-mode=ready]")
+            page.wait_for_function(
+                "[...document.images].every((i) => i.complete && i.naturalWidth)"
+            )
             page.mouse.move(0, 0)  # no hover highlight on a button
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out))

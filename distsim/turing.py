@@ -565,10 +565,19 @@ class TuringSession:
         depths = {k: is_depth(s.manifest) for k, s in self.sets.items()}
         if display == "auto" and len(set(depths.values())) > 1:
             which = ", ".join(f"{k}: {'depth' if d else 'not depth'}" for k, d in depths.items())
-            raise TuringError(f"the sets disagree on whether they hold depth ({which}); --display")
-        _, self.height, self.width = manifest.image_shape
-        # About 330 px across: 6x for the paper's 35x55 eyes, 1x for 224x224 hands.
-        self.scale = scale if scale is not None else max(1, 330 // max(self.height, self.width))
+            raise TuringError(
+                f"the sets disagree on whether they hold depth ({which}); "
+                "say which with --display depth or --display image"
+            )
+        channels, self.height, self.width = manifest.image_shape
+        if channels not in ((1,) if self.depth else (1, 3)):
+            raise TuringError(
+                f"{self.sets[REAL].directory}: {channels}-channel images cannot be shown "
+                f"{'as depth (1 channel)' if self.depth else '(only grey or RGB)'}"
+            )
+        # At most 330 x 240 px, so that the examples fit below on a laptop screen: 6x for the
+        # paper's 35x55 eyes, 1x for its 224x224 hands.
+        self.scale = scale or max(1, min(330 // self.width, 240 // self.height))
         self.colormap = colormap
         self.limits = (0.0, 1.0)
         if self.depth:
@@ -858,13 +867,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # one line per image request would bury the URL and any error
 
     def _send(self, status: int, body: bytes, content_type: str, cache: str = "no-store") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", cache)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", cache)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except ConnectionError:  # the tab was closed or reloaded mid-reply: nothing to tell
+            self.close_connection = True
 
     def _json(self, status: int, value: Any) -> None:
         self._send(status, json.dumps(value).encode(), "application/json")
@@ -911,14 +923,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         session = self.server.session
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 < length <= 65536:
+            self.close_connection = True  # an unread body would be read as the next request
+            self._error(400, "the answer must be a JSON body of at most 64 KiB")
+            return
+        raw = self.rfile.read(length)
         if urlsplit(self.path).path != "/api/answer":
             self._error(404, f"no page {self.path}")
             return
+        subject = None
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-            if not 0 < length <= 65536:
-                raise TuringError("the answer must be a JSON body of at most 64 KiB")
-            body = json.loads(self.rfile.read(length))
+            body = json.loads(raw)
             if not isinstance(body, dict):
                 raise TuringError("the answer must be a JSON object")
             subject = body.get("subject")
@@ -934,7 +953,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, session.state(subject))
         except TrialMismatch as e:
             # The page then shows the trial the log says is next (e.g. after a double click).
-            self._error(409, one_line(e), state=session.state(str(body["subject"])))
+            assert subject is not None
+            self._error(409, one_line(e), state=session.state(subject))
         except ValueError as e:  # TuringError, JSONDecodeError
             self._error(400, one_line(e))
         except OSError as e:  # the log could not be written: the answer is not saved
@@ -1100,7 +1120,8 @@ async function load(subject) {
 }
 
 function fillExamples(c, img) {
-  const w = img.width * img.scale / 3, h = img.height * img.scale / 3;
+  // A third of the test image, at most 80 px tall so that 4 rows stay in view below it.
+  const f = Math.min(img.scale / 3, 80 / img.height), w = img.width * f, h = img.height * f;
   ["first", "second"].forEach((slot, k) => {
     const kind = c.kinds[k];
     $("examples-" + slot + "-title").textContent =
@@ -1150,7 +1171,9 @@ function render(s) {
     setMode("ready");
   };
   t.onerror = () => { $("status").textContent = "The image did not load; reload the page."; };
-  t.src = s.trial.image;
+  // The same image again (a 409 naming the trial on screen) fires no load event: go on.
+  if (t.getAttribute("src") === s.trial.image && t.complete && t.naturalWidth) t.onload();
+  else t.src = s.trial.image;
 }
 
 function setButtons(on) { $("answer-first").disabled = $("answer-second").disabled = !on; }
@@ -1265,8 +1288,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         type=positive_int,
         default=None,
-        help="test images' enlargement (default: about 330 px across, 6x for 35x55 eyes); "
-        "examples are shown at a third of it",
+        help="test images' enlargement (default: the most that fits 330 x 240 px, 6x for "
+        "35x55 eyes); "
+        "examples are shown at a third of it, at most 80 px tall",
     )
     parser.add_argument(
         "--display",

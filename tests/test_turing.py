@@ -277,6 +277,13 @@ def test_depth_is_recognised_and_coloured(tmp_path: Path) -> None:
     shown = turing.to_display(x, True, session.limits)
     assert (shown[0, 1] == shown[0, 2]).all() and (shown[0, 1] != shown[0, 3]).any()
 
+    # A set that says it is not depth next to one that looks like depth: the user must choose.
+    ir = _depth_set(tmp_path / "ir", "uint16", {"name": "test", "modality": "infrared"})
+    with pytest.raises(TuringError, match="disagree on whether they hold depth.*--display"):
+        TuringSession(tmp_path / "out2", real, ir, count=4)
+    grey = TuringSession(tmp_path / "out3", real, ir, count=4, display="image")
+    assert np.asarray(Image.open(io.BytesIO(grey.example_png("real", 0)))).shape == (12, 16)
+
     def manifest(dtype: str, channels: int, source: dict[str, Any]) -> Any:
         return type(
             "M", (), {"source": source, "image_shape": (channels, 8, 8), "image_dtype": dtype}
@@ -292,7 +299,7 @@ def test_depth_is_recognised_and_coloured(tmp_path: Path) -> None:
 
 def test_grey_images_are_shown_as_stored(sets: dict[str, Path], tmp_path: Path) -> None:
     session = _session(sets, tmp_path / "out")
-    assert not session.depth and session.scale == 6  # about 330 px across 55 px eyes
+    assert not session.depth and session.scale == 6  # 330 x 210 px for 35x55 eyes
     index = int(session.plan.examples["real"][3])
     png = np.asarray(Image.open(io.BytesIO(session.example_png("real", 3))))
     assert png.dtype == np.uint8 and (png == session.sets["real"].image(index)[0]).all()
@@ -441,6 +448,7 @@ def test_http_endpoints(server: turing.TuringServer) -> None:
     status, body = _post(base + "api/answer", {**answer, "trial": 1, "answer": "maybe"})
     assert status == 400 and "answer must be" in body["error"]
     assert _post(base + "api/answer", [1, 2])[0] == 400
+    assert _post(base + "api/nothing", answer)[0] == 404
     assert len(server.session.records()) == 1
 
     status, kind, body = _get(base + "summary.json")
