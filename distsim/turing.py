@@ -31,6 +31,7 @@ Files in DIR (``--out``):
   within the condition), set and index (the image), truth, answer, correct, time (UTC),
   response_ms (from the image appearing to the answer, measured by the page). A subject who
   comes back (same name) continues at the next unanswered trial.
+- ``.lock``: held (flock) while a server uses DIR, so that a second one refuses to start.
 - ``summary.json`` and ``summary.md``, rewritten at each answer: per condition, the paper's
   Table 1 confusion matrix (rows: true real / true refined; columns: selected as real / as
   refined), accuracy and a binomial p-value, over all subjects and per subject.
@@ -87,6 +88,7 @@ TITLES = {"refined": "real vs refined", "synthetic": "real vs synthetic"}
 EXAMPLES = 20  # of each kind, as in the paper
 LOG_NAME = "answers.jsonl"
 SESSION_NAME = "session.json"
+LOCK_NAME = ".lock"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 SESSION_VERSION = 1
@@ -593,12 +595,27 @@ class TuringSession:
         self._lock = threading.RLock()
         self._png_cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self.log_path = self.out_dir / LOG_NAME
-        self._claim_out_dir(settings, {k: str(Path(v).resolve()) for k, v in dirs.items() if v})
-        self._records = read_log(self.log_path)
         self._answers: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        for n, record in enumerate(self._records, 1):
-            self._replay(record, f"{self.log_path}:{n}")
-        write_summary(self.out_dir, self._records)
+        self._out_lock = _lock_out_dir(self.out_dir)
+        try:
+            self._claim_out_dir(settings, {k: str(Path(v).resolve()) for k, v in dirs.items() if v})
+            self._records = read_log(self.log_path)
+            for n, record in enumerate(self._records, 1):
+                self._replay(record, f"{self.log_path}:{n}")
+            write_summary(self.out_dir, self._records)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let another session use ``out_dir``."""
+        self._out_lock.close()  # closing the file releases its flock
+
+    def __enter__(self) -> TuringSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _check_images(self) -> None:
         """Refuse sets whose images differ in shape or dtype from the real ones."""
@@ -621,10 +638,6 @@ class TuringSession:
 
     def _claim_out_dir(self, settings: dict[str, Any], paths: dict[str, str]) -> None:
         """Write session.json, or check that the one there has these settings."""
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise TuringError(f"{self.out_dir}: cannot create --out: {e.strerror or e}") from None
         path = self.out_dir / SESSION_NAME
         if path.exists():
             try:
@@ -798,6 +811,26 @@ class TuringSession:
             raise KeyError(f"no trial {trial}")
         set_name, index = trials[trial]
         return self._png(set_name, index)
+
+
+def _lock_out_dir(out_dir: Path) -> Any:
+    """An exclusive lock on out_dir (held while the returned file is open): two servers
+    appending to one answer log would each hand out the same trials."""
+    import fcntl
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        f = open(out_dir / LOCK_NAME, "w")  # noqa: SIM115 (held for the session's life)
+    except OSError as e:
+        raise TuringError(f"{out_dir}: cannot use as --out: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise TuringError(
+            f"{out_dir}: another distsim.turing is serving this --out; stop it first"
+        ) from None
+    return f
 
 
 def _open(name: str, directory: str | Path) -> ShardImages:
@@ -1238,7 +1271,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{EXAMPLES} labelled examples of each kind in view. Every answer is appended to "
         f"DIR/{LOG_NAME} as it is given; summary.json and summary.md in DIR hold the confusion "
         "matrix, accuracy and a one-sided binomial p-value (the paper's test that accuracy > "
-        "50%%), over all subjects and per subject. Keys on the page: left arrow or 1 = real, "
+        "50%), over all subjects and per subject. Keys on the page: left arrow or 1 = real, "
         "right arrow or 2 = refined (synthetic).",
     )
     parser.add_argument("--real", type=Path, help="shard set of real images")
@@ -1340,6 +1373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             server = make_server(session, args.host, args.port)
         except OSError as e:
+            session.close()
             raise TuringError(
                 f"cannot serve on {args.host}:{args.port}: {e.strerror or e}"
             ) from None
@@ -1356,6 +1390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     finally:
         server.server_close()
+        session.close()
     return 0
 
 

@@ -204,6 +204,10 @@ def test_log_format_and_resume_after_restart(sets: dict[str, Path], tmp_path: Pa
         session.answer("ann", "refined", 4, "synthetic")
     assert len((out / LOG_NAME).read_text().splitlines()) == 5
 
+    # One server per DIR: two would hand out the same trials.
+    with pytest.raises(TuringError, match="another distsim.turing is serving this --out"):
+        _session(sets, out)
+    session.close()
     # A new server on the same DIR continues where each subject stopped.
     again = _session(sets, out)
     assert again.records() == session.records()
@@ -217,25 +221,28 @@ def test_log_format_and_resume_after_restart(sets: dict[str, Path], tmp_path: Pa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["conditions"]["refined"]["subjects"]["ann"]["trials"] == 6
     assert summary["conditions"]["synthetic"]["all"]["trials"] == 4
+    again.close()
 
 
 def test_unfinished_last_line_is_dropped(
     sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    _answer_all(_session(sets, out), "ann", 2)
+    with _session(sets, out) as session:
+        _answer_all(session, "ann", 2)
     with open(out / LOG_NAME, "a") as f:
         f.write('{"subject": "ann", "condition": "ref')  # the write a crash cut short
-    session = _session(sets, out)
-    assert "dropping an unfinished last line" in capsys.readouterr().err
-    assert session.next_trial("ann").trial == 2  # type: ignore[union-attr]
-    _answer_all(session, "ann", 1)
+    with _session(sets, out) as session:
+        assert "dropping an unfinished last line" in capsys.readouterr().err
+        assert session.next_trial("ann").trial == 2  # type: ignore[union-attr]
+        _answer_all(session, "ann", 1)
     assert [json.loads(x)["trial"] for x in (out / LOG_NAME).read_text().splitlines()] == [0, 1, 2]
 
 
 def test_out_dir_remembers_its_settings(sets: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    _answer_all(_session(sets, out), "ann", 1)
+    with _session(sets, out) as session:
+        _answer_all(session, "ann", 1)
     with pytest.raises(TuringError, match="other settings \\(seed differ"):
         _session(sets, out, seed=1)
     with pytest.raises(TuringError, match="other settings \\(sets differ"):
@@ -379,7 +386,8 @@ def test_summary_flag_prints_and_writes(
     sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    _answer_all(_session(sets, out), "ann", 3, "refined")
+    with _session(sets, out) as session:
+        _answer_all(session, "ann", 3, "refined")
     (out / "summary.md").unlink()
     capsys.readouterr()
     assert main(["--out", str(out), "--summary"]) == 0
@@ -399,6 +407,7 @@ def server(sets: dict[str, Path], tmp_path: Path) -> Iterator[turing.TuringServe
     yield srv
     srv.shutdown()
     srv.server_close()
+    srv.session.close()
     thread.join()
 
 
