@@ -10,6 +10,11 @@ With unrefined synthetic images instead, 162 of 200 were (p <= 1e-8). This modul
 test on 127.0.0.1 (Python's http.server; the page is plain HTML/CSS/JS with nothing fetched from
 elsewhere) and records every answer.
 
+The page: a subject types a name (or comes with ``?subject=NAME``, or the server's
+``--subject``), then sees one test image at a time above the labelled examples of both kinds,
+and answers with the buttons or keys (left arrow or 1: real; right arrow or 2: refined, or
+synthetic). It gives no feedback. The summary is at /summary (and /summary.json).
+
 Conditions: "refined" (real vs refined, with ``--refined``) and "synthetic" (real vs synthetic,
 the paper's reference, with ``--synthetic``), run one after the other in that order, each with
 its own example panel and summary. At least one is needed.
