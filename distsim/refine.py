@@ -61,7 +61,7 @@ from distsim.config import load_config
 from distsim.noise import indexed_noise
 from distsim.train import to_unit_range
 from shards.cliutil import non_negative_int, one_line, positive_int
-from shards.format import IMAGE_KEY, Manifest, file_sha256
+from shards.format import IMAGE_KEY, MANIFEST_NAME, Manifest, file_sha256
 from shards.writer import ShardSetWriter
 
 PARTS_DIR = ".parts"
@@ -194,6 +194,7 @@ def refine_shards(
     gather: Gather | None = None,
     progress: bool = False,
     noise_seed: int = 0,
+    overwrite: bool = False,
 ) -> Manifest | None:
     """Refine every image of ``input_dir`` into a shard set in ``out_dir``, labels unchanged.
 
@@ -226,6 +227,16 @@ def refine_shards(
     try:
         if out_dir.resolve() == input_dir.resolve():
             raise RefineError(f"{out_dir}: output directory is the input directory")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise RefineError(f"{out_dir}: exists and is not a directory")
+        # Said now rather than by the writer after the whole set is refined.
+        visible = [p.name for p in out_dir.iterdir() if not p.name.startswith(".")] if (
+            out_dir.is_dir()) else []  # fmt: skip
+        if visible and MANIFEST_NAME not in visible and not overwrite:
+            raise RefineError(
+                f"{out_dir}: not empty ({', '.join(sorted(visible)[:3])}) and not a shard set; "
+                "--overwrite writes into it anyway, keeping those files"
+            )
         manifest = data.open_shards(input_dir)
         check_images(manifest, input_dir, _stem_channels(refiner), trained_shape)
         label_names = tuple(manifest.labels)
@@ -296,6 +307,7 @@ def refine_shards(
                 block_size or manifest.block_size,
                 shard_size or max(s.count for s in manifest.shards),
                 progress,
+                overwrite,
             )
         except (ValueError, OSError) as err:
             error = one_line(err)
@@ -349,6 +361,7 @@ def _assemble(
     block_size: int,
     shard_size: int,
     progress: bool,
+    overwrite: bool = False,
 ) -> Manifest:
     expected = 0  # the next position to write: parts must tile [0, count) exactly
     with (
@@ -362,6 +375,7 @@ def _assemble(
             block_size=block_size,
             labelled=manifest.labelled,
             labels_for_evaluation_only=manifest.labels_for_evaluation_only,
+            overwrite=overwrite,
         ) as writer,
         tqdm(
             total=manifest.count,
@@ -445,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the noise inputs of a refiner trained with --refiner-noise (0)",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out that is not a shard set, keeping its files (a shard "
+        "set there is always replaced)",
+    )
+    parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar"
     )
     return parser
@@ -526,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gather=gather,
             progress=args.progress,
             noise_seed=args.noise_seed,
+            overwrite=args.overwrite,
         )
     except (ValueError, OSError) as err:
         # Errors are agreed between ranks: one line from rank 0 is the whole story.

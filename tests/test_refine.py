@@ -218,6 +218,8 @@ def _inputs(setup, tmp_path: Path) -> dict[str, Path]:
         ("colour", ["3x35x55", "1x35x55", "channels"]),
         ("wide", ["1x36x60", "1x35x55"]),
         ("out-is-input", ["is the input directory"]),
+        ("out-has-files", ["not empty (notes.txt)", "not a shard set", "--overwrite"]),
+        ("out-is-a-file", ["exists and is not a directory"]),
     ],
 )
 def test_errors_are_one_line(setup, tmp_path, capsys, case: str, needles: list[str]) -> None:
@@ -236,6 +238,11 @@ def test_errors_are_one_line(setup, tmp_path, capsys, case: str, needles: list[s
         syn = tmp_path / "missing-input"
     elif case == "out-is-input":
         out = syn
+    elif case == "out-has-files":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    elif case == "out-is-a-file":
+        out.write_text("mine")
     elif case in ("incomplete", "truncated", "colour", "wide"):
         syn = _inputs(setup, tmp_path)[case]
     before = {p.name: p.stat().st_mtime_ns for p in setup["syn"].iterdir()}
@@ -248,3 +255,14 @@ def test_errors_are_one_line(setup, tmp_path, capsys, case: str, needles: list[s
         assert needle in err[0], (needle, err)
     assert {p.name: p.stat().st_mtime_ns for p in setup["syn"].iterdir()} == before
     assert not (out / PARTS_DIR).exists()
+    if case in ("out-has-files", "out-is-a-file"):  # nothing of the user's was touched
+        assert (out / "notes.txt" if out.is_dir() else out).read_text() == "mine"
+
+
+def test_overwrite_writes_into_a_folder_of_other_files_and_keeps_them(setup, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert _cli(setup, out, "--overwrite", "--num-workers", "0") == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert read_manifest(out).count == COUNT
