@@ -8,11 +8,15 @@
         config.json                                       the resolved run config
 
 A save goes to a hidden temporary directory that is renamed into place only when complete, so
-a crash mid-save never leaves a half checkpoint that looks whole.
+a crash mid-save never leaves a half checkpoint that looks whole. ``SHA256SUMS`` lists a
+checksum of every other file, and every file is fsynced before the rename: a checkpoint that
+later loses bytes (a full disk, a bad copy, a truncated transfer) is found out by
+``verify_checkpoint``, and ``--resume auto`` takes the newest one that verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -47,10 +51,12 @@ def save_checkpoint(
     keep: int = 0,
     refiner_ema: nn.Module | None = None,
     realism: dict[str, float] | None = None,
+    protect: Path | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically and keep only the newest `keep` (0: keep all), and
-    the one with the best realism score (``distsim.realism.select_checkpoint``), which
-    ``refine --checkpoint best`` takes.
+    """Write checkpoint `step` atomically and keep only the newest `keep` (0: keep all), the
+    one with the best realism score (``distsim.realism.select_checkpoint``), which
+    ``refine --checkpoint best`` takes, and `protect` (the checkpoint a run resumed from,
+    until it has saved one of its own).
 
     `image_shape` (C, H, W) of the training images goes into meta.json, so tools that load
     the refiner (refine, evaluate) can check their input without reading the training data;
@@ -64,6 +70,36 @@ def save_checkpoint(
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
     tmp.mkdir()
+    try:
+        _write(tmp, refiner, discriminator, refiner_ema, state, config, step, image_shape, realism)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk keeps no half checkpoint
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(root)
+    if keep > 0:
+        # Never the one just written (a run resumed from an older checkpoint writes below
+        # newer ones), the best by realism, or the one a run resumed from.
+        spare = {final, best_checkpoint(run_dir), protect}
+        for old in list_checkpoints(run_dir)[:-keep]:
+            if old not in spare:
+                shutil.rmtree(old)
+    return final
+
+
+def _write(
+    tmp: Path,
+    refiner: nn.Module,
+    discriminator: nn.Module,
+    refiner_ema: nn.Module | None,
+    state: dict[str, Any],
+    config: Config,
+    step: int,
+    image_shape: tuple[int, ...],
+    realism: dict[str, float] | None,
+) -> None:
     save_file(_contiguous(refiner.state_dict()), tmp / "refiner.safetensors")
     save_file(_contiguous(discriminator.state_dict()), tmp / "discriminator.safetensors")
     if refiner_ema is not None:
@@ -74,15 +110,49 @@ def save_checkpoint(
     if realism is not None:
         meta["realism"] = realism
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    if keep > 0:
-        best = best_checkpoint(run_dir)
-        for old in list_checkpoints(run_dir)[:-keep]:
-            if old != best:
-                shutil.rmtree(old)
-    return final
+    sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+    (tmp / CHECKSUMS).write_text("".join(f"{h}  {name}\n" for name, h in sums.items()))
+    for path in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
+        _fsync(path)
+    _fsync(tmp)
+
+
+CHECKSUMS = "SHA256SUMS"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checkpoint(ckpt: str | Path) -> str | None:
+    """None if every file the checkpoint's SHA256SUMS lists is there with that checksum (or,
+    for a checkpoint from before checksums, if its files are there); else what is wrong."""
+    ckpt = Path(ckpt)
+    listing = ckpt / CHECKSUMS
+    if not listing.is_file():
+        missing = [n for n in ("refiner.safetensors", "discriminator.safetensors", "state.pt",
+                               "config.json", "meta.json") if not (ckpt / n).is_file()]  # fmt: skip
+        return f"{missing[0]} is missing" if missing else None
+    for line in listing.read_text().splitlines():
+        want, _, name = line.partition("  ")
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if file_sha256(path) != want:
+            return f"{name} does not match its checksum (truncated or corrupt)"
+    return None
 
 
 def realism_scores(run_dir: str | Path) -> dict[str, dict[str, float]]:
@@ -153,18 +223,36 @@ def load_state(path: str | Path) -> dict[str, Any]:
     return torch.load(resolve_checkpoint(path) / "state.pt", map_location="cpu", weights_only=True)
 
 
-def find_resume(spec: str, run_dir: str | Path) -> Path | None:
-    """The checkpoint `--resume spec` means: None for a fresh start.
+def find_resume(spec: str, run_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint `--resume spec` means (None: a fresh start), and the checkpoints skipped
+    on the way, each with why.
 
-    "auto" is the newest complete checkpoint of `run_dir`, or None if it has none (so one
-    command both starts and resumes a preemptible job); anything else must name a checkpoint
-    or a run directory that has one.
+    "auto" is the newest checkpoint of `run_dir` that verifies, or None if it has none (so one
+    command both starts and resumes a preemptible job; ValueError if it has some and none
+    verifies); anything else must name a checkpoint,
+    or a run directory whose newest checkpoint, that verifies (ValueError otherwise).
     """
     if not spec:
-        return None
+        return None, []
     if spec == "auto":
-        return latest_checkpoint(run_dir)
-    return resolve_checkpoint(spec)
+        skipped = []
+        for ckpt in reversed(list_checkpoints(run_dir)):
+            problem = verify_checkpoint(ckpt)
+            if problem is None:
+                return ckpt, skipped
+            skipped.append(f"{ckpt}: {problem}")
+        if skipped:  # starting afresh over a run whose checkpoints all fail would hide it
+            raise ValueError(
+                f"no checkpoint in {Path(run_dir) / 'checkpoints'} verifies ({skipped[0]}"
+                f"{f' and {len(skipped) - 1} more' if len(skipped) > 1 else ''}); "
+                "give one with --resume PATH or start a new --run-dir"
+            )
+        return None, skipped
+    ckpt = resolve_checkpoint(spec)
+    problem = verify_checkpoint(ckpt)
+    if problem is not None:
+        raise ValueError(f"{ckpt}: {problem}; give an older checkpoint or --resume auto")
+    return ckpt, []
 
 
 def rng_state() -> dict[str, Any]:

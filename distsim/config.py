@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -198,6 +199,20 @@ class Config:
                 raise ValueError(
                     f"--{_flag(name)} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
+        for name in ("lambda_reg", "lr_r", "lr_d", "disc_blur", "ema_halflife", "adam_beta1"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(
+                    f"--{_flag(name)} must be a finite number, got {getattr(self, name)}"
+                )
+        for name in ("lr_r", "lr_d"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
+        if any(w <= 0 for w in self.disc_widths):
+            raise ValueError(f"--disc-widths must all be positive, got {self.disc_widths}")
+        if self.pretrain_r_steps + self.pretrain_d_steps + self.steps == 0:
+            raise ValueError(
+                "nothing to train: --pretrain-r-steps, --pretrain-d-steps and --steps are all 0"
+            )
         if not 0.0 <= self.adam_beta1 < 1.0:
             raise ValueError(f"--adam-beta1 must be in [0, 1), got {self.adam_beta1}")
         if len(self.disc_widths) != 4:
@@ -373,7 +388,7 @@ def build_parser(preset: str = "cpu") -> argparse.ArgumentParser:
             parser.add_argument(
                 flag,
                 choices=sorted(PRESETS),
-                default="cpu",
+                default=None,
                 help="named preset; other flags override it (default: cpu)",
             )
         elif typ is bool:
@@ -413,10 +428,16 @@ def _preset_in(argv: list[str] | None) -> str:
 
 def resolve(argv: list[str] | None = None) -> Config:
     """Preset first, then explicit flags. SystemExit on bad flags, ValueError on bad values."""
+    return resolve_given(argv)[0]
+
+
+def resolve_given(argv: list[str] | None = None) -> tuple[Config, set[str]]:
+    """``resolve``, and the names of the fields the command line set explicitly (a resume
+    takes every other setting from the checkpoint it resumes)."""
     args = build_parser(_preset_in(argv)).parse_args(argv)
-    return make_config(
-        args.preset, **{k: v for k, v in vars(args).items() if k != "preset" and v is not None}
-    )
+    given = {k for k, v in vars(args).items() if v is not None}
+    preset = args.preset if args.preset is not None else "cpu"
+    return make_config(preset, **{k: getattr(args, k) for k in given - {"preset"}}), given
 
 
 def make_config(preset: str = "cpu", **overrides: Any) -> Config:

@@ -16,6 +16,7 @@ Process groups and ranks come in as arguments; nothing here reads the launch env
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# SIGINT is Ctrl-C: the first one saves and stops like SIGTERM, a second aborts at once.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class StopRequest:
@@ -45,6 +47,7 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
         self._flag = torch.zeros(1, dtype=torch.int64)
         self._work: dist.Work | None = None
+        self._interrupted = False
 
     def install(self) -> StopRequest:
         for sig in STOP_SIGNALS:
@@ -60,6 +63,13 @@ class StopRequest:
             self._work = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self._interrupted:
+            raise KeyboardInterrupt  # the second Ctrl-C: no checkpoint, stop now
+        if signum == signal.SIGINT:
+            self._interrupted = True
+            # os.write, not print: a signal handler may run in the middle of another print.
+            os.write(2, b"\nstopping after this step to save a checkpoint; Ctrl-C again "
+                        b"aborts without one\n")  # fmt: skip
         if not self.signum:
             self.signum = signum
 

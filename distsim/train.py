@@ -49,7 +49,7 @@ from distsim.checkpoint import (
     set_rng_state,
 )
 from distsim.checkpoint import image_shape as checkpoint_image_shape
-from distsim.config import Config, load_config, resolve
+from distsim.config import Config, load_config, resolve_given
 from distsim.ema import EMA
 from distsim.guards import (
     CommCounter,
@@ -64,6 +64,7 @@ from distsim.losses import PSI
 from distsim.models import GaussianBlur
 from distsim.realism import RealismProbe
 from distsim.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
+from shards.cliutil import one_line
 from shards.progress import Progress
 
 
@@ -93,6 +94,16 @@ class Counters:
 
 class Preempted(Exception):
     """A stop signal arrived; every rank saved and stopped after the same step."""
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written (a full disk, a read-only directory); the message is
+    one line and says what was kept."""
+
+
+# Config fields that decide the models' shapes: a resume cannot change them.
+ARCHITECTURE = ("refiner_width", "refiner_blocks", "refiner_kernel", "refiner_noise",
+                "disc_arch", "disc_widths")  # fmt: skip
 
 
 @dataclass
@@ -341,7 +352,11 @@ class Run:
         broadcast_object_list(names)
         cfg.run_dir = names[0]
         self.run_dir = Path(cfg.run_dir)
-        resume_from = find_resume(cfg.resume, self.run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ValueError(f"{self.run_dir}: --run-dir exists and is not a directory")
+        resume_from, skipped = find_resume(cfg.resume, self.run_dir)
+        # Kept by retention until this run has saved a checkpoint of its own.
+        self.resumed_from = resume_from
 
         self.syn_dir, self.real_dir, manifest = prepare_data(cfg, accelerator)
         self.image_shape = tuple(manifest.image_shape)  # (C, H, W)
@@ -353,8 +368,17 @@ class Run:
         torch.manual_seed(cfg.seed)
         refiner, discriminator = build_models(cfg, channels)
         state: dict[str, Any] | None = None
-        self.notes: list[str] = []
+        self.notes: list[str] = [f"skipped {why}" for why in skipped]
         if resume_from is not None:
+            saved = load_config(resume_from / "config.json")
+            changed = [k for k in ARCHITECTURE if getattr(saved, k) != getattr(cfg, k)]
+            if changed:
+                k = changed[0]
+                raise ValueError(
+                    f"{resume_from}: trained with --{k.replace('_', '-')} {getattr(saved, k)}, "
+                    f"this run asks for {getattr(cfg, k)}; the architecture cannot change on "
+                    "resume (start a new --run-dir)"
+                )
             if checkpoint_image_shape(resume_from) != self.image_shape:
                 raise ValueError(
                     f"{resume_from}: trained on images {checkpoint_image_shape(resume_from)}, "
@@ -363,7 +387,7 @@ class Run:
             load_weights(resume_from, refiner, discriminator)
             state = load_state(resume_from)
             resolved = dataclasses.replace(cfg, mixed_precision=self.precision)
-            self.notes = config_changes(load_config(resume_from / "config.json"), resolved)
+            self.notes += config_changes(saved, resolved)
             if state["world_size"] != self.world:
                 self.notes.append(
                     f"world size {state['world_size']} -> {self.world}: global batch "
@@ -705,7 +729,7 @@ class Run:
             shards: list[Any] = [None] * self.world
             torch.distributed.all_gather_object(shards, history, group=self.control)
             history = shards
-        path = None
+        path, error = None, None
         realism = self.score_realism(step)
         if self.accelerator.is_main_process:
             step_state = self.step.state_dict()
@@ -720,12 +744,28 @@ class Run:
                 "rng": rngs,
                 "world_size": self.world,
             }
-            path = save_checkpoint(
-                self.run_dir, step, refiner=self.r_raw, discriminator=self.d_raw,
-                refiner_ema=self.step.ema.model if self.step.ema is not None else None,
-                state=state, config=dataclasses.replace(self.cfg, mixed_precision=self.precision),
-                image_shape=self.image_shape, keep=self.cfg.keep_checkpoints, realism=realism,
-            )  # fmt: skip
+            try:
+                path = save_checkpoint(
+                    self.run_dir, step, refiner=self.r_raw, discriminator=self.d_raw,
+                    refiner_ema=self.step.ema.model if self.step.ema is not None else None,
+                    state=state,
+                    config=dataclasses.replace(self.cfg, mixed_precision=self.precision),
+                    image_shape=self.image_shape, keep=self.cfg.keep_checkpoints,
+                    realism=realism, protect=self.resumed_from,
+                )  # fmt: skip
+            except OSError as err:
+                previous = latest_checkpoint(self.run_dir)
+                kept = (f"the previous checkpoint {previous} is intact (--resume auto goes on "
+                        "from it)" if previous else "no earlier checkpoint exists")  # fmt: skip
+                error = (f"could not write checkpoint step {step} in "
+                         f"{self.run_dir / 'checkpoints'} ({one_line(err)}); {kept}")  # fmt: skip
+        if self.world > 1:  # every rank learns whether rank 0 could save, and stops if not
+            box = [error]
+            broadcast_object_list(box)
+            error = box[0]
+        if error is not None:
+            raise CheckpointError(error)
+        self.resumed_from = None  # a newer checkpoint exists now
         self.accelerator.wait_for_everyone()
         return path
 
@@ -804,15 +844,38 @@ def training_loop(
     return run.run_dir
 
 
+def settings_for_resume(cfg: Config, given: set[str]) -> Config:
+    """A resume continues the run it resumes: every setting the command line did not give
+    comes from that checkpoint's config, not from a preset (leaving a flag off must not
+    change the run: once it reset --keep-checkpoints and deleted the checkpoints resumed
+    from). A fresh start, or --resume auto with no checkpoint yet, is `cfg` as it is."""
+    if not cfg.resume or (cfg.resume == "auto" and not cfg.run_dir):
+        return cfg
+    ckpt, _ = find_resume(cfg.resume, cfg.run_dir)
+    if ckpt is None:
+        return cfg
+    saved = load_config(ckpt / "config.json")
+    keep = given | {"run_dir", "resume", "progress"}
+    if "mixed_precision" not in given:
+        keep.add("mixed_precision")  # what this launch says (accelerate launch's flag)
+    inherited = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in keep})
+    inherited.validate()
+    return inherited
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg = resolve(argv)
-        training_loop(cfg)
+        cfg, given = resolve_given(argv)
+        training_loop(settings_for_resume(cfg, given))
     except Preempted as stopped:
         print(f"distsim.train: {stopped}", file=sys.stderr)
         return EXIT_PREEMPTED
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        print(f"distsim.train: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("distsim.train: interrupted; no checkpoint was saved for the steps since the last "
+              "one", file=sys.stderr)  # fmt: skip
+        return 130
+    except (ValueError, OSError, FloatingPointError) as err:
+        print(f"distsim.train: error: {one_line(err)}", file=sys.stderr)
         return 2
     finally:
         # Left to interpreter shutdown, gloo's threads can abort the process at exit
@@ -823,4 +886,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a second Ctrl-C after the checkpoint, while shutting down
+        code = 130
+    sys.exit(code)

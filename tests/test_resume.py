@@ -103,11 +103,12 @@ def test_retention_keeps_the_newest(tmp_path):
 
 
 def test_nonfinite_loss_stops_naming_step_and_loss_and_keeps_last_checkpoint(tmp_path, capsys):
-    # lambda = inf makes the first adversarial refiner loss infinite (step 5 of 4 + 8),
-    # whose update poisons R, so D's loss is NaN in the same step.
+    # lambda = 1e39 (finite, so the config takes it, but inf once it meets float32 tensors)
+    # makes the first adversarial refiner loss infinite (step 5 of 4 + 8), whose update
+    # poisons R, so D's loss is NaN in the same step.
     flags = [
         "--preset", "smoke", "--cache-dir", str(tmp_path / "cache"), "--builtin-count", "512",
-        "--no-progress", "--lambda-reg", "inf", "--ckpt-every", "4", "--log-every", "3",
+        "--no-progress", "--lambda-reg", "1e39", "--ckpt-every", "4", "--log-every", "3",
         "--steps", "8", "--num-workers", "0",
     ]  # fmt: skip
     run = tmp_path / "stop"
