@@ -56,6 +56,7 @@ from distsim.checkpoint import (
     load_models,
     read_json,
     resolve_checkpoint,
+    verify_checkpoint,
 )
 from distsim.config import load_config
 from distsim.noise import indexed_noise
@@ -121,6 +122,9 @@ def load_refiner(
     if not path.exists():
         raise RefineError(f"{path}: run or checkpoint directory does not exist")
     ckpt = resolve_checkpoint(path)
+    problem = verify_checkpoint(ckpt)
+    if problem is not None:  # refining with damaged weights would write a set that verifies
+        raise RefineError(f"{ckpt}: {problem}")
     if not (ckpt / "meta.json").is_file():
         raise RefineError(f"{ckpt}: no meta.json (a checkpoint from before distsim recorded it)")
     if weights == "ema" and not has_ema(ckpt):

@@ -19,6 +19,7 @@ import pytest
 
 from distsim import checkpoint as ckpt_mod
 from distsim.checkpoint import list_checkpoints, load_state, verify_checkpoint
+from distsim.refine import main as refine_main
 from distsim.train import EXIT_PREEMPTED, main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +59,13 @@ def test_resume_auto_skips_a_truncated_newest_checkpoint_and_says_why(tmp_path, 
     state.write_bytes(b"garbage")
     assert main(_flags(tmp_path, "run", "--resume", str(ckpts[-1]))) == 2
     _one_line(capsys, "step-00000010", "does not match its checksum")
+    # refine refuses it too, rather than refining with damaged weights.
+    syn = tmp_path / "cache" / "sim-eyes-v3-synthetic-n512-s0"
+    out = tmp_path / "refined"
+    assert refine_main(["--run", str(ckpts[-1]), "--input", str(syn), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match its checksum" in err[0], err
+    assert not out.exists()
     # When every checkpoint is damaged, --resume auto refuses rather than starting afresh.
     for ckpt in ckpts:
         (ckpt / "refiner.safetensors").write_bytes(b"")
