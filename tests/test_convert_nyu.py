@@ -277,6 +277,14 @@ def _empty_render(root: Path) -> None:
 
 
 J = np.zeros((3, 2, 36, 3)) + 600.0  # joints of the right shape for 2 frames
+
+
+def _nan_at(view: int, frame: int, joint: int) -> np.ndarray:
+    joints = J.copy()
+    joints[view, frame, joint, 2] = np.nan
+    return joints
+
+
 Case = tuple[Callable[[Path], object], list[str], Callable[[Path], str], str]
 BAD_INPUTS: dict[str, Case] = {
     "no joint_data.mat": (
@@ -308,6 +316,12 @@ BAD_INPUTS: dict[str, Case] = {
         [],
         lambda r: f"{r / 'joint_data.mat'}: ",
         "joint_xyz has shape (3, 3, 36, 3), joint_uvd (3, 2, 36, 3)",
+    ),
+    "a NaN joint": (
+        lambda r: _save_mat(r, joint_uvd=J, joint_xyz=_nan_at(1, 1, 5)),
+        [],
+        lambda r: f"{r / 'joint_data.mat'}: ",
+        "joint_xyz of view 2, frame 2 is not finite",
     ),
     "truncated png": (
         _truncate,

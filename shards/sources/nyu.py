@@ -141,7 +141,14 @@ def load_joints(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise InputError(f"{path}: {key} has shape {a.shape}, expected (3, N, 36, 3)")
         if a.dtype.kind not in "uif":
             raise InputError(f"{path}: {key} has dtype {a.dtype}, expected numbers")
-        checked.append(a.astype(np.float64, copy=False))
+        a = a.astype(np.float64, copy=False)
+        bad = np.argwhere(~np.isfinite(a))
+        if len(bad):
+            view, frame = bad[0, :2]
+            raise InputError(
+                f"{path}: {key} of view {view + 1}, frame {frame + 1} is not finite (NaN or inf)"
+            )
+        checked.append(a)
     uvd, xyz = checked
     if uvd.shape != xyz.shape:
         raise InputError(f"{path}: joint_xyz has shape {xyz.shape}, joint_uvd {uvd.shape}")
