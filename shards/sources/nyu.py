@@ -153,7 +153,7 @@ def load_joints(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if uvd.shape != xyz.shape:
         raise InputError(f"{path}: joint_xyz has shape {xyz.shape}, joint_uvd {uvd.shape}")
     if uvd.shape[1] == 0:
-        raise InputError(f"{path}: labels no frames")
+        raise InputError(f"{path}: joint_uvd has shape {uvd.shape}: no frames")
     return uvd, xyz
 
 
