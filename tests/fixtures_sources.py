@@ -7,6 +7,9 @@ labels are known. Each writer returns those labels in the order the converter em
 - ``write_unityeyes_dir(directory, n)``: UnityEyes ``N.jpg`` + ``N.json`` pairs, 640x480.
 - ``write_mpiigaze_root(root, people, days, per_day)``: ``Data/Normalized/pXX/dayYY.mat`` and
   ``Evaluation Subset/sample list for eye image/pXX.txt``.
+- ``write_nyu_dir(directory, frames, views)``: an NYU ``train``/``test`` folder,
+  ``depth_K_NNNNNNN.png``, ``synthdepth_K_NNNNNNN.png`` and ``joint_data.mat``, with a disc
+  "hand" at known joints.
 
 Gaze is written in each source's own convention with the sign rules of FORMATS.md spelled out
 here, independently of ``shards.gaze``: UnityEyes look_vec = (x, -y, -z, 0) of an MPIIGaze
@@ -223,6 +226,104 @@ def write_mpiigaze_root(
                 evaluation[key].append(flat[key][j])
     result = {k: np.concatenate(v) for k, v in order.items()}
     result["evaluation"] = {k: np.stack(v) for k, v in evaluation.items()}  # type: ignore[assignment]
+    return result
+
+
+# --- NYU hand pose ------------------------------------------------------------------------------
+
+NYU_FOCAL = (588.03, 587.07, 320.0, 240.0)  # FORMATS.md: fx, fy, cx, cy of 640x480 frames
+NYU_NO_DEPTH = 32001
+NYU_WALL_MM = 1400  # the real frames' background, beyond every crop's cube
+NYU_HAND_MM = 60.0  # radius of the disc "hand" around the palm (joint 32)
+NYU_OBJECT_MM = 100  # the object near the hand lies this far behind the palm
+
+
+def write_nyu_png(path: Path, depth_mm: np.ndarray, seed: int = 0) -> None:
+    """(480, 640) integer mm -> NYU's 640x480 RGB PNG: G = mm >> 8, B = mm & 255, R noise."""
+    d = np.asarray(depth_mm).astype(np.uint16)
+    r = np.random.default_rng(seed).integers(0, 256, d.shape, dtype=np.uint8)
+    rgb = np.stack([r, (d >> 8).astype(np.uint8), (d & 255).astype(np.uint8)], axis=2)
+    Image.fromarray(rgb).save(path, compress_level=1)
+
+
+def write_nyu_mat_v73(path: Path, uvd: np.ndarray, xyz: np.ndarray) -> None:
+    """joint_data.mat as MATLAB's -v7.3 writes it: HDF5 after a 512-byte header, and arrays
+    column-major, so h5py sees (3, N, 36, 3) as (3, 36, N, 3)."""
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f.create_dataset("joint_uvd", data=np.asarray(uvd).T)
+        f.create_dataset("joint_xyz", data=np.asarray(xyz).T)
+    with open(path, "r+b") as f:
+        f.write(b"MATLAB 7.3 MAT-file, written by the distsim tests".ljust(128))
+
+
+def write_nyu_dir(
+    directory: str | Path,
+    frames: int = 6,
+    views: tuple[int, ...] = (1, 2, 3),
+    seed: int = 0,
+    *,
+    synth: bool = True,
+) -> dict:
+    """An NYU folder: for each view K in ``views`` and frame n (from 1), ``depth_K_n.png`` and,
+    with ``synth``, ``synthdepth_K_n.png``; ``joint_data.mat`` labels all three views.
+
+    Joint 32 (the palm) is at a random xyz 550-850 mm away, the other 35 joints within 70 mm
+    of it; uvd is NYU's projection u = cx + fx x / z, v = cy - fy y / z. The real frame is a
+    wall at NYU_WALL_MM with a disc "hand" of radius NYU_HAND_MM around the palm (a bowl, palm
+    depth + 20 mm at the rim), a 4x4 object NYU_OBJECT_MM behind the palm just outside the disc
+    (lower right, inside the hand's box) and two 2x2 holes on the disc beside the palm, one of
+    0 and one of 32001. The render is the disc alone, 32001 elsewhere. View 1's frame 0 has its
+    palm at u = 40, so a crop around it leaves the frame.
+
+    Returns {"joint_uvd", "joint_xyz": (3, frames, 36, 3) float64, "depth", "synth":
+    {(view, frame): (480, 640) uint16 mm}, "holes": {(view, frame): ((v, u) of the 0 hole,
+    (v, u) of the 32001 hole)}, "object": {(view, frame): (v, u)}}, corners top-left, frames
+    0-based.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    fx, fy, cx, cy = NYU_FOCAL
+    palm = np.stack(
+        [
+            rng.uniform(-120, 120, (3, frames)),
+            rng.uniform(-90, 90, (3, frames)),
+            rng.uniform(550, 850, (3, frames)),
+        ],
+        axis=-1,
+    )  # (3, frames, 3) xyz mm
+    palm[0, 0, 0] = (40 - cx) * palm[0, 0, 2] / fx
+    xyz = palm[:, :, None] + rng.uniform(-1, 1, (3, frames, 36, 3)) * np.array([70, 70, 40])
+    xyz[:, :, 32] = palm
+    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    uvd = np.stack([cx + fx * x / z, cy - fy * y / z, z], axis=-1)  # (3, frames, 36, 3)
+    names = np.array([f"J{j:02d}" for j in range(36)], dtype=object)
+    scipy.io.savemat(
+        out / "joint_data.mat", {"joint_names": names, "joint_uvd": uvd, "joint_xyz": xyz}
+    )
+
+    vv, uu = np.mgrid[0:480, 0:640]
+    result: dict = {"joint_uvd": uvd, "joint_xyz": xyz, "depth": {}, "synth": {}}
+    result |= {"holes": {}, "object": {}}
+    for f in range(frames):
+        for k in views:
+            pu, pv, pz = uvd[k - 1, f, 32]
+            radius = NYU_HAND_MM * fx / pz  # pixels
+            rr = ((uu - pu) ** 2 + (vv - pv) ** 2) / radius**2  # (480, 640)
+            disc = rr <= 1
+            hand = np.rint(pz + 20 * rr)
+            render = np.where(disc, hand, NYU_NO_DEPTH).astype(np.uint16)
+            real = np.where(disc, hand, NYU_WALL_MM).astype(np.uint16)
+            ov, ou = round(pv + 0.8 * radius), round(pu + 0.8 * radius)
+            real[ov : ov + 4, ou : ou + 4] = round(pz) + NYU_OBJECT_MM
+            holes = ((round(pv), round(pu) + 3), (round(pv), round(pu) - 5))
+            for (hv, hu), value in zip(holes, (0, NYU_NO_DEPTH), strict=True):
+                real[hv : hv + 2, hu : hu + 2] = value
+            write_nyu_png(out / f"depth_{k}_{f + 1:07d}.png", real, seed=3 * f + k)
+            if synth:
+                write_nyu_png(out / f"synthdepth_{k}_{f + 1:07d}.png", render, seed=100 + f)
+            result["depth"][k, f], result["synth"][k, f] = real, render
+            result["holes"][k, f], result["object"][k, f] = holes, (ov, ou)
     return result
 
 

@@ -113,7 +113,7 @@ def test_bad_shard_size_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
     assert "neither an image count nor a size" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("source", ["kaggle-h5", "unityeyes", "mpiigaze", "sim-eyes"])
+@pytest.mark.parametrize("source", ["kaggle-h5", "unityeyes", "mpiigaze", "nyu", "sim-eyes"])
 def test_help(source: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["convert", source, "--help"])

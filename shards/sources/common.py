@@ -1,7 +1,8 @@
 """What every source converter shares: input errors, output options, the worker pool, resizing.
 
 A converter cuts its input into *tasks* (picklable descriptions, e.g. a list of files), a
-module-level function turns one task into ``(images (n, H, W) uint8, {label: (n, ...)})``, and
+module-level function turns one task into ``(images (n, H, W), {label: (n, ...)})`` (uint8, or
+the ``image_dtype`` given to ``write_tasks``, e.g. uint16 depth crops), and
 ``write_tasks`` runs those functions in worker processes and writes results in task order. The
 output therefore depends only on the task list, never on ``--workers``.
 """
@@ -32,7 +33,7 @@ from shards.writer import LabelArg, ShardSetWriter
 
 T = TypeVar("T")
 
-Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (n, H, W) uint8 images, {label: (n, ...)}
+Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (n, H, W) images, {label: (n, ...)}
 
 
 class InputError(ValueError):
@@ -287,6 +288,7 @@ def write_tasks(
     desc: str,
     labelled: bool = True,
     labels_for_evaluation_only: bool = False,
+    image_dtype: str = "uint8",
 ) -> Manifest:
     """Run ``fn`` over ``tasks`` (in ``output.workers`` processes) and write a shard set."""
     limit = output.limit
@@ -298,7 +300,7 @@ def write_tasks(
         ShardSetWriter(
             output.out_dir,
             image_shape=image_shape,
-            image_dtype="uint8",
+            image_dtype=image_dtype,
             labels=labels,
             source=source,
             shard_size=output.shard_size.images,
