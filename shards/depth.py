@@ -8,10 +8,13 @@ Image: ``uint16`` (1, S, S). A crop covers a cube of ``CUBE_MM`` millimetres cen
 hand (``center``); its depth range [near, far] = center_z -+ CUBE_MM / 2 maps linearly onto
 1..65535, so 0.015 mm per step at the default cube, far below any sensor's noise. Depth beyond
 the far plane (the background, a wall) is clipped to 65535, depth in front of the near plane to
-1. **0 marks an invalid pixel** (no measurement: NYU's 0 and 32001, a simulated hole), kept
-apart from every valid depth so that the trainer can decide what D sees there. Why 16-bit
-codes relative to the cube and not raw millimetres: the trainer's ``uint16 -> [-1, 1]``
-normalisation is then one affine map for every crop (no per-image side input), and a crop
+1, so background (a wall far behind the hand, the empty space of a render) reads as the far
+plane. **0 marks an invalid pixel** (no measurement: a real sensor's 0 or 32001, a simulated
+hole, outside the frame), kept apart from every valid depth so that the trainer can decide
+what D sees there. A render's empty space is background (65535), not invalid: a render never
+fails to measure, and a synthetic crop's background must look like a segmented real one's.
+Why 16-bit codes relative to the cube and not raw millimetres: the trainer's ``uint16 -> [-1,
+1]`` normalisation is then one affine map for every crop (no per-image side input), and a crop
 stays exact to well under a millimetre.
 
 Labels (per crop):
