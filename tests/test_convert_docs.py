@@ -11,7 +11,12 @@ import pytest
 
 from shards.cli import main
 from shards.format import read_manifest
-from tests.fixtures_sources import write_kaggle_h5, write_mpiigaze_root, write_unityeyes_dir
+from tests.fixtures_sources import (
+    write_kaggle_h5,
+    write_mpiigaze_root,
+    write_nyu_dir,
+    write_unityeyes_dir,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -32,6 +37,8 @@ def test_every_documented_command_works(
     write_kaggle_h5(tmp_path / "real_gaze.h5", 30, labelled=False, seed=1)
     write_unityeyes_dir(tmp_path / "unityeyes" / "imgs", 8)
     write_mpiigaze_root(tmp_path / "MPIIGaze", people=2, days=2, per_day=3)
+    write_nyu_dir(tmp_path / "nyu" / "train", frames=4)
+    write_nyu_dir(tmp_path / "nyu" / "test", frames=3, seed=1)
     monkeypatch.chdir(tmp_path)
 
     commands = doc_commands()
@@ -40,6 +47,7 @@ def test_every_documented_command_works(
         "unityeyes",
         "mpiigaze",
         "sim-eyes",
+        "nyu",
     }
     for command in commands:
         argv = shlex.split(command)
@@ -50,14 +58,20 @@ def test_every_documented_command_works(
 
     counts = {
         name: read_manifest(tmp_path / "data" / name).count
-        for name in ("kaggle-synthetic", "kaggle-real", "unityeyes", "mpiigaze", "mpiigaze-eval")
-    }
+        for name in ("kaggle-synthetic", "kaggle-real", "unityeyes", "mpiigaze", "mpiigaze-eval",
+                     "nyu-train", "nyu-train-3x", "nyu-synth", "nyu-test", "nyu-test-cube")
+    }  # fmt: skip
     assert counts == {
         "kaggle-synthetic": 40,
         "kaggle-real": 30,
         "unityeyes": 8,
         "mpiigaze": 24,
         "mpiigaze-eval": 12,
+        "nyu-train": 4,
+        "nyu-train-3x": 12,
+        "nyu-synth": 4,
+        "nyu-test": 3,
+        "nyu-test-cube": 3,
     }
     assert (tmp_path / "unityeyes_contact_sheet.png").is_file()
     assert (tmp_path / "mpiigaze.png").is_file()
