@@ -79,6 +79,10 @@ class Config:
     lambda_reg: float = 0.5
     optimizer: str = "adam"  # adam | sgd
     lr_r: float = 1e-4
+    # R's rate while it is pretrained to the identity (self-regularisation only, a plain
+    # regression with nothing to destabilise): at 1e-4 a width-16 refiner was still 0.03 from
+    # its input after the cpu preset's 200 steps, at 1e-3 0.011 (BENCHMARKS.md, issue 10).
+    lr_r_pretrain: float = 1e-3
     # D learns 10x faster than R: at 1e-4 D never caught up with R (a fresh D at 1e-3 tells
     # that R's eyes from real ones at 98% in 150 steps, the run's own D at 72%), so R drifted
     # unchecked (BENCHMARKS.md, "Why the refiner did not help").
@@ -199,12 +203,13 @@ class Config:
                 raise ValueError(
                     f"--{_flag(name)} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
-        for name in ("lambda_reg", "lr_r", "lr_d", "disc_blur", "ema_halflife", "adam_beta1"):
+        for name in ("lambda_reg", "lr_r", "lr_r_pretrain", "lr_d", "disc_blur", "ema_halflife",
+                     "adam_beta1"):  # fmt: skip
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(
                     f"--{_flag(name)} must be a finite number, got {getattr(self, name)}"
                 )
-        for name in ("lr_r", "lr_d"):
+        for name in ("lr_r", "lr_r_pretrain", "lr_d"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_flag(name)} must be positive, got {getattr(self, name)}")
         if any(w <= 0 for w in self.disc_widths):
@@ -327,6 +332,7 @@ HELP: dict[str, str] = {
     "lambda_reg": "weight of the mean-L1 self-regularisation in the refiner loss",
     "optimizer": "adam or sgd",
     "lr_r": "refiner learning rate",
+    "lr_r_pretrain": "refiner learning rate while it is pretrained to the identity",
     "lr_d": "discriminator learning rate",
     "adam_beta1": "Adam's beta1 for both optimizers (GANs often use 0.5)",
     "history": "show D half history-buffer images (--no-history: the paper's ablation)",
@@ -470,6 +476,7 @@ LEGACY: dict[str, Any] = {
 def load_config(path: str | Path) -> Config:
     """Read a run's config.json back (tuples come back as lists in JSON)."""
     data = LEGACY | json.loads(Path(path).read_text())
+    data.setdefault("lr_r_pretrain", data.get("lr_r", Config.lr_r))  # one rate, before
     for f in dataclasses.fields(Config):
         if typing.get_origin(_field_type(f)) is tuple and f.name in data:
             data[f.name] = tuple(data[f.name])

@@ -57,6 +57,12 @@ class Refiner(nn.Module):
         self.stem = nn.Conv2d(
             channels + noise_channels, width, kernel, padding=kernel // 2, padding_mode="reflect"
         )
+        if noise_channels:
+            # R starts out ignoring its noise, so pretraining to the identity does not first
+            # have to unlearn random weights on it (0.033 from the identity after 200 steps
+            # with them, as without noise with them zero); the adversarial phase grows them.
+            with torch.no_grad():
+                self.stem.weight[:, channels:].zero_()
         self.blocks = nn.Sequential(*(ResnetBlock(width, kernel) for _ in range(blocks)))
         self.head = nn.Conv2d(width, channels, 1)
 

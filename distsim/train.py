@@ -534,6 +534,9 @@ class Run:
 
     def refiner_steps(self, n: int, *, adversarial: bool, check: bool) -> None:
         d_before = self._d_checksum() if check and adversarial else None
+        lr = self.cfg.lr_r if adversarial else self.cfg.lr_r_pretrain
+        for group in self.step.opt_r.param_groups:
+            group["lr"] = lr
         for _ in range(n):
             skipped = self.counters.skipped
             stats = self.step.refiner_step(next(self.syn), adversarial)

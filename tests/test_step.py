@@ -84,15 +84,15 @@ def test_ema_follows_the_half_life_and_ramps_up():
     assert not any(p.requires_grad for p in ramped.model.parameters())
 
 
-def test_pretraining_reaches_identity_under_the_default_psi(tmp_path):
-    """Pretraining teaches R the identity whatever psi the adversarial phase uses (the default
-    is standardized, which would make contrast free and end pretraining on a flat image)."""
+def test_pretraining_reaches_identity_under_the_default_psi_with_a_noise_input(tmp_path):
+    """Pretraining teaches R the identity whatever psi the adversarial phase uses (standardized
+    would make contrast free and end pretraining on a flat image), and a noise input does not
+    get in the way (its weights start at zero)."""
     cfg = make_config(
         "smoke", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-        progress=False, refiner_width=16, lr_r=3e-3, pretrain_r_steps=120,
-        pretrain_d_steps=0, steps=0, log_every=10,
+        progress=False, refiner_width=16, lr_r_pretrain=3e-3, pretrain_r_steps=200,
+        pretrain_d_steps=0, steps=0, log_every=10, psi="standardized", refiner_noise=1,
     )  # fmt: skip
-    assert cfg.psi == "standardized"
     run = training_loop(cfg)
     logged = _scalars(run)["pretrain_r/r_change"]
     assert logged[-1] <= 0.02 < logged[0]
@@ -100,7 +100,7 @@ def test_pretraining_reaches_identity_under_the_default_psi(tmp_path):
     held_out = data.ensure_builtin_shards("synthetic", 512, 5, tmp_path / "cache")
     x = to_unit_range(data.first_images(held_out, 128))  # never seen in training (seed 5)
     with torch.no_grad():
-        y = refiner(x)
+        y = refiner(x, torch.randn(x.shape[0], 1, *x.shape[2:]))
     assert (y - x).abs().mean().item() <= 0.02
     # Contrast kept: per-image std within 5% of the input's.
     ratio = (y.std(dim=(1, 2, 3)) / x.std(dim=(1, 2, 3))).mean().item()
