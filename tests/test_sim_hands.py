@@ -73,6 +73,11 @@ def test_sample_depends_only_on_domain_seed_and_index(domain: str) -> None:
     for k in whole:
         np.testing.assert_array_equal(picked[k], whole[k][[5, 2, 6]])
         np.testing.assert_array_equal(part[k], whole[k][2:5])
+    # Sample i is the i-th child of the domain's child of SeedSequence(seed), as documented.
+    dom = hands.DOMAINS.index(domain)
+    child = np.random.SeedSequence(11).spawn(dom + 1)[dom].spawn(6)[5]
+    scene = hands._sample_scene(np.random.default_rng(child), dom)
+    np.testing.assert_array_equal(scene.joints.astype(np.float32), whole["joints_xyz"][5])
     other = hands.generate(domain, 7, 12, size=32)
     assert not np.array_equal(other["joints_xyz"], whole["joints_xyz"])
     # The size changes the crop's sampling, never the scene.

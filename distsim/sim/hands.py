@@ -25,8 +25,8 @@ Two domains share the hand model, the camera and the crop:
   - projector shadows: a pixel is invalid where a nearer surface to its right occludes the
     projector (disparity difference > pixel distance), so a band of missing pixels follows
     the left edge of the hand and of each finger lying over the palm;
-  - depth discontinuities (3x3 true disparity range > 1 px): some edge pixels dropped, some become
-    flying pixels (a random mix of the nearest and farthest depth around them);
+  - depth discontinuities (3x3 true disparity range > 1 px): some edge pixels dropped, some
+    become flying pixels (a random mix of the nearest and farthest depth around them);
   - random blob holes (thresholded smooth noise) and isolated dropouts.
 
 Poses (degrees). Flexion per finger segment (MCP, PIP, DIP), abduction per finger, thumb
@@ -35,13 +35,17 @@ and deviation, global roll (image plane), pitch (fingers towards / away from the
 yaw (about the hand's long axis; |yaw| > 90 shows the back of the hand):
 
 - synthetic: MCP U(-15, 90), PIP U(0, 100), DIP U(0, 70), abduction U(-15, 15), opposition
-  U(0, 1), thumb MCP U(-10, 55), IP U(-15, 80); roll U(-60, 60), pitch U(-40, 40), yaw
+  U(0, 1), thumb MCP U(-10, 55), IP U(-15, 80), wrist flexion U(-20, 50) (positive: forearm
+  away from the camera), deviation U(-20, 20); roll U(-60, 60), pitch U(-40, 40), yaw
   U(-120, 120), palm centre z U(500, 900).
 - real: a shared curl c ~ Beta(0.7, 1.1) drives all fingers together (MCP 80c, PIP 95c,
-  DIP 0.7 PIP, each + N(0, 10)), abduction N(0, 6) shrinking as the hand closes, opposition
-  Beta(1.2, 1.6); roll N(10, 20), pitch N(10, 15), yaw N(-15, 40), z N(700, 90); hand scale
+  each + N(0, 10), DIP 0.7 PIP + N(0, 6)), abduction N(0, 6) shrinking as the hand closes,
+  opposition Beta(1.2, 1.6), thumb MCP 20 + 30c and IP 45c (+ noise), wrist N(15, 15) and
+  N(0, 8); roll N(10, 20), pitch N(10, 15), yaw N(-15, 40), z N(700, 90); hand scale
   N(0.97, 0.04). Every real value is clipped to the synthetic range, so the synthetic domain
   covers the real one.
+
+Both domains also vary each digit's length by U(0.95, 1.05) and the thickness by U(0.92, 1.08).
 
 Joints, in NYU's order (``JOINT_NAMES``). NYU's rig (Tompson et al. 2014) puts two spheres on
 each phalanx: ``KNU3`` on the distal, ``KNU2`` on the middle and ``KNU1`` on the proximal
@@ -672,11 +676,12 @@ def depth_rgb(image: np.ndarray, invalid: tuple[int, int, int] = (255, 0, 255)) 
 
 
 def contact_sheet(path: str, per_domain: int = 6, seed: int = 0, size: int = DEFAULT_SIZE) -> None:
-    """A PNG: for each domain a row of crops and the same crops with the evaluated joints."""
+    """A PNG: for each domain a row of crops, then the same crops with the 14 evaluated joints
+    (red) and a skeleton (white). Colours: ``depth_rgb`` (magenta = invalid)."""
     from PIL import Image, ImageDraw
 
-    pad = 4
-    tiles: list[list[Image.Image]] = []
+    pad, label_w = 4, 120
+    rows: list[tuple[str, list[Image.Image]]] = []
     for domain in DOMAINS:
         s = generate(domain, per_domain, seed, size=size)
         plain, marked = [], []
@@ -691,11 +696,15 @@ def contact_sheet(path: str, per_domain: int = 6, seed: int = 0, size: int = DEF
                 x, y = uvd[k, :2]
                 draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(255, 40, 40))
             marked.append(tile)
-        tiles += [plain, marked]
-    sheet = Image.new("RGB", (per_domain * (size + pad) + pad, len(tiles) * (size + pad) + pad))
-    for r, row in enumerate(tiles):
-        for c, tile in enumerate(row):
-            sheet.paste(tile, (pad + c * (size + pad), pad + r * (size + pad)))
+        rows += [(domain, plain), (f"{domain}\n+ joints", marked)]
+    width = label_w + per_domain * (size + pad) + pad
+    sheet = Image.new("RGB", (width, len(rows) * (size + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, tiles) in enumerate(rows):
+        top = pad + r * (size + pad)
+        draw.multiline_text((8, top + size // 2 - 10), name, fill=(0, 0, 0))
+        for c, tile in enumerate(tiles):
+            sheet.paste(tile, (label_w + c * (size + pad), top))
     sheet.save(path)
 
 
