@@ -7,6 +7,6 @@ subparser calls ``common.add_output_args`` and sets ``run=``; then list the modu
 
 from __future__ import annotations
 
-from shards.sources import kaggle_h5, mpiigaze, nyu, sim_eyes, unityeyes
+from shards.sources import kaggle_h5, mpiigaze, nyu, sim_eyes, sim_hands, unityeyes
 
-SOURCES = (kaggle_h5, unityeyes, mpiigaze, nyu, sim_eyes)
+SOURCES = (kaggle_h5, unityeyes, mpiigaze, nyu, sim_eyes, sim_hands)

@@ -2,9 +2,9 @@
 
 A converter cuts its input into *tasks* (picklable descriptions, e.g. a list of files), a
 module-level function turns one task into ``(images (n, H, W), {label: (n, ...)})`` (uint8, or
-the ``image_dtype`` given to ``write_tasks``, e.g. uint16 depth crops), and
-``write_tasks`` runs those functions in worker processes and writes results in task order. The
-output therefore depends only on the task list, never on ``--workers``.
+(n, C, H, W) of another ``image_dtype`` such as depth's uint16), and ``write_tasks`` runs those
+functions in worker processes and writes results in task order. The output therefore depends
+only on the task list, never on ``--workers``.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from shards.cliutil import positive_int
+from shards.cliutil import non_negative_int, positive_int
 from shards.format import Manifest
 from shards.writer import LabelArg, ShardSetWriter
 
 T = TypeVar("T")
 
-Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (n, H, W) images, {label: (n, ...)}
+Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (n, [C,] H, W) images, {label: (n, ...)}
 
 
 class InputError(ValueError):
@@ -154,6 +154,61 @@ def numeric_sort(names: Iterable[str]) -> list[str]:
     names = list(names)
     numeric = sorted((n for n in names if n.isdigit()), key=int)
     return numeric + sorted(n for n in names if not n.isdigit())
+
+
+# --- built-in simulators -----------------------------------------------------------------------
+
+
+def add_simulator_args(
+    p: argparse.ArgumentParser, domains: Sequence[str], domain_help: str, unit: str
+) -> None:
+    """--domain, --count, --seed and the output options of a simulator source."""
+    p.add_argument("--domain", choices=domains, required=True, help=domain_help)
+    p.add_argument("--count", type=positive_int, required=True, help=f"number of {unit}")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="stream seed (default 0)")
+    add_output_args(p)
+
+
+def simulator_output(
+    out_dir: str | Path,
+    domain: str,
+    domains: Sequence[str],
+    count: int,
+    seed: int,
+    shard_size: int | ShardSize,
+    block_size: int,
+    workers: int,
+    progress: bool,
+    overwrite: bool,
+) -> Output:
+    """Check a simulator source's stream arguments; where and how to write its shards."""
+    if domain not in domains:
+        raise ValueError(f"unknown domain {domain!r}; expected one of {tuple(domains)}")
+    if count < 1 or seed < 0:
+        raise ValueError(f"count ({count}) must be >= 1 and seed ({seed}) >= 0")
+    size = shard_size if isinstance(shard_size, ShardSize) else ShardSize(images=shard_size)
+    return Output(Path(out_dir), size, block_size, workers, None, progress, overwrite)
+
+
+def run_simulator(
+    a: argparse.Namespace, convert: Callable[..., Manifest], **options: Any
+) -> Manifest:
+    """A simulator source's ``run``: ``convert(out, domain, count, seed, ...)`` from parsed
+    arguments, ``--limit`` capping the count, plus the source's own ``options``."""
+    o = output_from_args(a)
+    count = a.count if o.limit is None else min(a.count, o.limit)
+    return convert(
+        o.out_dir,
+        a.domain,
+        count,
+        a.seed,
+        shard_size=o.shard_size,
+        block_size=o.block_size,
+        workers=o.workers,
+        progress=o.progress,
+        overwrite=o.overwrite,
+        **options,
+    )
 
 
 # --- worker pool --------------------------------------------------------------------------------
@@ -281,7 +336,7 @@ def write_tasks(
     fn: Callable[[T], Batch],
     tasks: Sequence[T] | Iterable[T],
     *,
-    image_shape: tuple[int, int],
+    image_shape: tuple[int, ...],
     labels: dict[str, LabelArg],
     source: dict[str, Any],
     total: int | None,
@@ -290,7 +345,8 @@ def write_tasks(
     labels_for_evaluation_only: bool = False,
     image_dtype: str = "uint8",
 ) -> Manifest:
-    """Run ``fn`` over ``tasks`` (in ``output.workers`` processes) and write a shard set."""
+    """Run ``fn`` over ``tasks`` (in ``output.workers`` processes) and write a shard set of
+    ``image_shape`` ((H, W) or (C, H, W)) images of ``image_dtype``."""
     limit = output.limit
     if total is not None and limit is not None:
         total = min(total, limit)

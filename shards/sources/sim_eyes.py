@@ -6,14 +6,13 @@ import argparse
 import importlib
 from pathlib import Path
 
-from shards.cliutil import non_negative_int, positive_int
 from shards.format import Manifest
 from shards.sources.common import (
     Batch,
-    Output,
     ShardSize,
-    add_output_args,
-    output_from_args,
+    add_simulator_args,
+    run_simulator,
+    simulator_output,
     write_tasks,
 )
 
@@ -56,12 +55,18 @@ def convert_sim_eyes(
     """Render ``count`` eyes from the built-in simulator into a shard set at ``out_dir``
     (``overwrite``: see ``ShardSetWriter``)."""
     eyes = importlib.import_module("distsim.sim.eyes")
-    if domain not in eyes.DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; expected one of {eyes.DOMAINS}")
-    if count < 1 or seed < 0:
-        raise ValueError(f"count ({count}) must be >= 1 and seed ({seed}) >= 0")
-    size = shard_size if isinstance(shard_size, ShardSize) else ShardSize(images=shard_size)
-    output = Output(Path(out_dir), size, block_size, workers, None, progress, overwrite)
+    output = simulator_output(
+        out_dir,
+        domain,
+        eyes.DOMAINS,
+        count,
+        seed,
+        shard_size,
+        block_size,
+        workers,
+        progress,
+        overwrite,
+    )
     tasks = [(domain, seed, s, min(_CHUNK, count - s)) for s in range(0, count, _CHUNK)]
     real = domain != "synthetic"
     return write_tasks(
@@ -85,31 +90,12 @@ def add_parser(sources: argparse._SubParsersAction) -> None:
         help="built-in procedural eye simulator (35x55 grey)",
         description="Render eyes with distsim.sim.eyes; labels gaze (3), pitchyaw (2), pupil (2).",
     )
-    p.add_argument(
-        "--domain",
-        choices=_DOMAINS,
-        required=True,
-        help="synthetic (labelled), or one of the real domains (labels for evaluation only): "
+    add_simulator_args(
+        p,
+        _DOMAINS,
+        "synthetic (labelled), or one of the real domains (labels for evaluation only): "
         "real (camera response), real-lit (directional light, low-light noise, blur), "
         "real-ir (near-infrared, JPEG)",
+        unit="images",
     )
-    p.add_argument("--count", type=positive_int, required=True, help="number of images")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="stream seed (default 0)")
-    add_output_args(p)
-    p.set_defaults(run=_run)
-
-
-def _run(a: argparse.Namespace) -> Manifest:
-    o = output_from_args(a)
-    count = a.count if o.limit is None else min(a.count, o.limit)
-    return convert_sim_eyes(
-        o.out_dir,
-        a.domain,
-        count,
-        a.seed,
-        shard_size=o.shard_size,
-        block_size=o.block_size,
-        workers=o.workers,
-        progress=o.progress,
-        overwrite=o.overwrite,
-    )
+    p.set_defaults(run=lambda a: run_simulator(a, convert_sim_eyes))
