@@ -211,7 +211,7 @@ def _inputs(setup, tmp_path: Path) -> dict[str, Path]:
     [
         ("no-run", ["missing-run", "does not exist"]),
         ("empty-run", ["no checkpoint"]),
-        ("no-meta", ["no meta.json"]),
+        ("no-meta", ["meta.json is missing"]),
         ("no-input", ["missing-input", "does not exist"]),
         ("incomplete", ["incomplete", "manifest.json"]),
         ("truncated", ["shard-000001.tar", "truncated"]),
