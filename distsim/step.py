@@ -135,9 +135,15 @@ class SimGANStep:
         self.precision = precision
         self.scaler = scaler if scaler is not None else torch.amp.GradScaler(enabled=False)
         self.noise_channels = noise_channels
-        # Per rank: noise only needs the right distribution, and ranks must not share it.
+        # With a replicated buffer (runs exactly world-size invariant) every rank draws the
+        # whole global batch's noise from one shared stream and keeps its own rows, so W ranks
+        # at b see the noise one rank at W b would; with a sharded one (hundreds of ranks,
+        # invariant only in distribution) each rank draws its own from a stream of its own.
+        self.noise_global = not self.sharded_history
         self.noise_generator = torch.Generator(device=self.device)
-        self.noise_generator.manual_seed(noise_seed * 1_000_003 + rank)
+        self.noise_generator.manual_seed(
+            noise_seed * 1_000_003 + (0 if self.noise_global else rank)
+        )
         self.ema = ema
         self.r_steps = r_steps  # refiner updates so far (the EMA's clock)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -273,9 +279,14 @@ class SimGANStep:
         if not self.noise_channels:
             return None
         n, _, h, w = like.shape
+        ranks = self.world_size if self.noise_global else 1
         noise = torch.randn(
-            (n, self.noise_channels, h, w), generator=self.noise_generator, device=like.device
-        )
+            (ranks * n, self.noise_channels, h, w),
+            generator=self.noise_generator,
+            device=like.device,
+        )  # (W n or n, noise, H, W): the global batch's rows are rank blocks
+        if ranks > 1:
+            noise = noise[self.rank * n : (self.rank + 1) * n]
         return noise.contiguous(memory_format=self.memory_format)
 
     def _autocast(self) -> AbstractContextManager[Any]:

@@ -163,3 +163,17 @@ def test_resume_with_ema_and_noise_is_exact(tmp_path):
             load_weights(tmp_path / "b", r2, None, refiner_file=name)
         for (k, v1), v2 in zip(r1.state_dict().items(), r2.state_dict().values(), strict=True):
             assert torch.equal(v1, v2), (name, k)
+
+
+def test_ranks_draw_the_rows_of_the_noise_one_rank_would_draw_for_the_global_batch():
+    # Replicated buffer (exact world-size invariance): rank r of W gets rows r*b..(r+1)*b of
+    # the one-rank draw for W*b images, call after call; sharded: a stream per rank.
+    one = _step(noise_channels=1)
+    ranks = [_step(noise_channels=1, rank=r, world_size=2, gather=lambda x: x) for r in (0, 1)]
+    for n in (4, 2, 4):  # an R step's batch, a D step's half batch, ...
+        whole = one._noise(_images(2 * n))
+        parts = [step._noise(_images(n)) for step in ranks]
+        assert torch.equal(torch.cat(parts), whole)
+    sharded = [_step(noise_channels=1, rank=r, world_size=2, sharded_history=True) for r in (0, 1)]
+    a, b = (step._noise(_images(4)) for step in sharded)
+    assert not torch.equal(a, b)
