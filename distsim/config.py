@@ -20,9 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The built-in simulator's real domains (distsim.sim.eyes.REAL_DOMAINS, checked by a test):
-# spelled out so that reading a config never imports the simulator.
+# The built-in simulators' real domains (distsim.sim.eyes.REAL_DOMAINS and
+# distsim.sim.hands.REAL_DOMAINS, checked by a test): spelled out so that reading a config
+# never imports a simulator.
 REAL_DOMAINS = ("real", "real-lit", "real-ir")
+HAND_REAL_DOMAINS = ("real",)
+BUILTIN_REAL_DOMAINS = {"eyes": REAL_DOMAINS, "hands": HAND_REAL_DOMAINS}
 
 
 @dataclass
@@ -32,12 +35,16 @@ class Config:
     # timestamped directory under runs/.
     run_dir: str = ""
 
-    # Data. Empty: the built-in eye simulator's shards, created on first use in the cache.
+    # Data. Empty: the built-in simulator's shards, created on first use in the cache.
     synthetic: str = ""
     real: str = ""
+    # Which built-in simulator: eyes (distsim.sim.eyes, 35x55 grey) or hands
+    # (distsim.sim.hands, builtin_size x builtin_size uint16 depth crops).
+    builtin_sim: str = "eyes"
+    builtin_size: int = 224  # hand crop side in pixels (hands only; eyes are always 35x55)
     builtin_count: int = 20_000  # images per built-in domain
     builtin_seed: int = 0
-    # The built-in "real" domain trained against (distsim.sim.eyes.REAL_DOMAINS).
+    # The built-in "real" domain trained against (that simulator's REAL_DOMAINS).
     builtin_real: str = "real"
     cache_dir: str = ""  # empty: $DISTSIM_CACHE or ~/.cache/distsim
     num_workers: int = 1  # loader processes per rank
@@ -154,6 +161,7 @@ class Config:
             "image_every",
             "ckpt_every",
             "builtin_count",
+            "builtin_size",
             "grid_rows",
             "dist_timeout",
         )
@@ -190,7 +198,8 @@ class Config:
             "adversarial": ("local", "global"),
             "mixed_precision": ("", "no", "bf16", "fp16"),
             "on_nonfinite": ("stop", "skip"),
-            "builtin_real": REAL_DOMAINS,
+            "builtin_sim": tuple(BUILTIN_REAL_DOMAINS),
+            "builtin_real": BUILTIN_REAL_DOMAINS.get(self.builtin_sim, REAL_DOMAINS),
             "history_mode": ("auto", "replicated", "sharded"),
             "compile_mode": (
                 "default",
@@ -233,6 +242,8 @@ class Config:
                 f"--history-size {self.history_size} is smaller than --batch-size "
                 f"{self.batch_size}; make it larger or pass --no-history"
             )
+        if self.builtin_sim == "hands" and self.builtin_size < 8:
+            raise ValueError(f"--builtin-size must be >= 8, got {self.builtin_size}")
         if bool(self.synthetic) != bool(self.real):
             raise ValueError("give both --synthetic and --real shard directories, or neither")
 
@@ -311,31 +322,69 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ema_halflife": 0.0,
         "adam_beta1": 0.9,
     },
-    # The paper's hand settings: 7x7 kernels, 10 ResNet blocks, the hand discriminator.
+    # The paper's hand settings: 7x7 kernels, 10 ResNet blocks, the hand discriminator, 500 R
+    # and 200 D pretraining steps, K_g 2, K_d 1, on the built-in depth hands at 224x224 (a GPU
+    # job). psi identity in both hand presets: depth crops share one code map (shards.depth),
+    # so a pixel's value is a depth and the joints' d labels depend on it; standardising per
+    # image (the eye default) would let R shift or stretch the hand's depth for free, and
+    # synthetic crops, the input psi compares against, have no invalid pixels to exclude.
     "hands": {
+        "builtin_sim": "hands",
+        "builtin_size": 224,
+        "builtin_count": 10_000,  # 1 GB of uint16 crops per domain
         "refiner_kernel": 7,
         "refiner_blocks": 10,
         "disc_arch": "hands",
+        "psi": "identity",
         "batch_size": 16,
         "history_size": 4096,
         "pretrain_r_steps": 500,
         "pretrain_d_steps": 200,
         "steps": 20_000,
         "num_workers": 4,
+        "realism_images": 512,
         "log_every": 50,
         "image_every": 1000,
         "ckpt_every": 2000,
+    },
+    # The hand job at CPU size (ours): 64x64 crops (the hand D's patch map is then 2x2), a
+    # width-16 refiner of 4 blocks of 5x5 kernels, D at a third of the paper's widths, batch
+    # 16; the paper's schedule shape (R pretrained, then D, then K_g 2, K_d 1). Measured
+    # (benchmarks/hand_step_cpu.py, one thread): 0.20 CPU s per R update, 0.03 per D update,
+    # so the schedule is ~470 CPU s, about 8 min on one idle core and 4-6 min on two, plus
+    # rendering the 2 x 4096 crops once (under a minute) and the realism scores (~1 min).
+    "hands-cpu": {
+        "builtin_sim": "hands",
+        "builtin_size": 64,
+        "builtin_count": 4096,
+        "refiner_width": 16,
+        "refiner_blocks": 4,
+        "refiner_kernel": 5,
+        "disc_arch": "hands",
+        "disc_widths": (32, 32, 16, 16),
+        "psi": "identity",
+        "batch_size": 16,
+        "history_size": 1600,
+        "pretrain_r_steps": 200,
+        "pretrain_d_steps": 100,
+        "steps": 1000,
+        "realism_images": 256,
+        "image_every": 100,
+        "ckpt_every": 250,
     },
 }
 
 
 HELP: dict[str, str] = {
     "run_dir": "run directory (default: runs/<preset>-<date>-<time>)",
-    "synthetic": "synthetic shard directory (default: the built-in eye simulator)",
+    "synthetic": "synthetic shard directory (default: the built-in simulator, --builtin-sim)",
     "real": "unlabelled real shard directory (default: the built-in simulator's real domain)",
     "builtin_count": "images per domain of the built-in shards",
     "builtin_seed": "seed of the built-in shards",
-    "builtin_real": "built-in real domain: real, real-lit or real-ir (see distsim/sim/eyes.py)",
+    "builtin_sim": "built-in simulator when no shards are given: eyes or hands (depth)",
+    "builtin_size": "built-in hand crop side in pixels (hands only)",
+    "builtin_real": "built-in real domain: eyes real, real-lit or real-ir (distsim/sim/eyes.py); "
+    "hands real",
     "cache_dir": "where built-in shards are cached (default: $DISTSIM_CACHE or ~/.cache/distsim)",
     "num_workers": "data-loader processes per rank",
     "on_bad_shard": "corrupt or truncated shard: raise (stop, naming it) or skip (and count it)",
@@ -382,7 +431,7 @@ HELP: dict[str, str] = {
     "image_every": "steps between PNG grids (synthetic | refined | real)",
     "ckpt_every": "steps between checkpoints",
     "keep_checkpoints": "newest checkpoints kept (0: all)",
-    "grid_rows": "eyes per grid",
+    "grid_rows": "images per grid",
     "progress": "show a progress bar",
 }
 
@@ -488,6 +537,8 @@ def make_config(preset: str = "cpu", **overrides: Any) -> Config:
 # Values that reproduce what runs did before a field existed, for config.json files that
 # lack it (a default may change later; what an old run did may not).
 LEGACY: dict[str, Any] = {
+    "builtin_sim": "eyes",
+    "builtin_size": 224,
     "builtin_real": "real",
     "refiner_noise": 0,
     "ema_halflife": 0.0,

@@ -35,6 +35,37 @@ def grid(columns: list[torch.Tensor], scale: int = 4, pad: int = 2) -> np.ndarra
     return out
 
 
+def depth_grid(
+    columns: list[torch.Tensor], valid: list[torch.Tensor | None], pad: int = 2
+) -> np.ndarray:
+    """``grid`` for depth crops in [-1, 1] (N, 1, H, W): viridis, near dark and far yellow,
+    each image enlarged to about 128 px. Every row shares one colour scale, stretched over its
+    first column's depths short of the far plane (the hand's relief), so the columns of a row
+    compare directly; pixels where ``valid[j]`` is False are magenta. Returns uint8
+    (rows, cols, 3)."""
+    from distsim.depth import FAR, depth_rgb
+
+    n, _, h, w = columns[0].shape
+    scale = max(1, 128 // max(h, w))
+    first = columns[0][:, 0].detach().float().cpu().numpy()  # (N, H, W)
+    rgb_cols: list[torch.Tensor] = []
+    for col, mask in zip(columns, valid, strict=True):
+        if col.shape != columns[0].shape:
+            raise ValueError(f"grid columns differ in shape: {col.shape} vs {columns[0].shape}")
+        x = col[:, 0].detach().float().cpu().numpy()
+        m = None if mask is None else mask[:, 0].cpu().numpy()
+        tiles = []
+        for i in range(n):
+            near = first[i][first[i] < FAR - 1e-3]
+            lo, hi = (float(near.min()), float(near.max())) if near.size else (-1.0, 1.0)
+            hi = max(hi, lo + 0.05)
+            tiles.append(depth_rgb(x[i], lo=lo, hi=hi, valid=None if m is None else m[i]))
+        # Back to [-1, 1] floats (N, 3, H, W) so that `grid` lays them out.
+        rgb = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        rgb_cols.append(rgb)
+    return grid(rgb_cols, scale=scale, pad=pad)
+
+
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,15 +82,16 @@ def titled(picture: np.ndarray, titles: list[str], caption: str, scale: int = 4,
     n_cols = len(titles)
     col_width = (cols - pad) // n_cols
     band = 28
-    out = Image.new("L" if c == 1 else "RGB", (cols, rows + band), 255)
+    white, black = (255, 0) if c == 1 else ((255, 255, 255), (0, 0, 0))
+    out = Image.new("L" if c == 1 else "RGB", (cols, rows + band), white)
     out.paste(Image.fromarray(picture[..., 0] if c == 1 else picture), (0, band))
     draw = ImageDraw.Draw(out)
     font = ImageFont.load_default()
     for j, title in enumerate(titles):
         width = draw.textlength(title, font=font)
         x = pad + j * col_width + max(0, (col_width - pad - width) / 2)
-        draw.text((x, band - 13), title, fill=0, font=font)
-    draw.text((pad, 1), caption, fill=0, font=font)
+        draw.text((x, band - 13), title, fill=black, font=font)
+    draw.text((pad, 1), caption, fill=black, font=font)
     array = np.asarray(out)
     return array[..., None] if array.ndim == 2 else array
 

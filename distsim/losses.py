@@ -111,10 +111,18 @@ def patch_accuracy(logits: torch.Tensor, target: int) -> torch.Tensor:
     return (logits.argmax(dim=1) == target).float().flatten(1).mean(dim=1)  # (B,)
 
 
-def saturated_fraction(images: torch.Tensor, margin: float = 0.01) -> torch.Tensor:
+def saturated_fraction(
+    images: torch.Tensor, margin: float = 0.01, reference: torch.Tensor | None = None
+) -> torch.Tensor:
     """Fraction of pixels within `margin` of -1 or 1, tanh's limits: (B, C, H, W) -> ().
 
     A refiner whose output sits there has a vanishing tanh gradient and seldom recovers, so a
-    high value is a collapsed run, not a converging one.
+    high value is a collapsed run, not a converging one. With `reference` (R's input), only
+    pixels whose input is not itself at a limit count: a depth crop's background is the far
+    plane (+1) in the input, and R reproducing it is not a collapse.
     """
-    return (images.detach().abs() > 1 - margin).float().mean()
+    at_limit = images.detach().abs() > 1 - margin
+    if reference is None:
+        return at_limit.float().mean()
+    free = reference.detach().abs() <= 1 - margin
+    return (at_limit & free).float().sum() / free.float().sum().clamp(min=1.0)

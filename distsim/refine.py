@@ -12,7 +12,9 @@ directory; ``--checkpoint`` picks another.
 
 Pixels: the trainer feeds R ``to_unit_range(x)`` (uint8 x -> x / 127.5 - 1) and R ends in tanh,
 so its output is in [-1, 1]; ``from_unit_range`` maps it back with round((y + 1) * 127.5)
-clipped to [0, 255] (uint16 likewise with 32767.5; float32 images are stored as R gives them).
+clipped to [0, 255] (uint16 depth codes: round((y + 1) * 32767 + 1) in 1..65535, the inverse of
+``distsim.depth``'s map, and never 0: a refined crop has no holes; float32 images are stored as
+R gives them).
 Rounding is half to even (``torch.round``, as ``np.round``).
 
 Deterministic: R in eval mode, float32 (no autocast), and every forward pass has the same batch
@@ -59,6 +61,7 @@ from distsim.checkpoint import (
     verify_checkpoint,
 )
 from distsim.config import load_config
+from distsim.depth import unit_to_codes
 from distsim.noise import indexed_noise
 from distsim.train import to_unit_range
 from shards.cliutil import non_negative_int, one_line, positive_int
@@ -86,7 +89,7 @@ def from_unit_range(images: torch.Tensor, dtype: str) -> torch.Tensor:
     if dtype == "uint8":
         return images.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
     if dtype == "uint16":
-        return images.add(1.0).mul_(32767.5).round_().clamp_(0, 65535).to(torch.int32)
+        return unit_to_codes(images)  # depth codes 1..65535: a refined crop has no holes
     if dtype == "float32":
         return images.float()
     raise RefineError(f"cannot write {dtype} images")

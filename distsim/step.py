@@ -239,7 +239,7 @@ class SimGANStep:
                 loss = reg
         change = (refined.detach().float() - syn.float()).abs().mean()
         stats = torch.stack([loss.detach(), reg.detach(), adv.detach(), change,
-                             saturated_fraction(refined)])  # fmt: skip
+                             saturated_fraction(refined, reference=syn)])  # fmt: skip
         return loss, stats
 
     def _d_losses(

@@ -50,6 +50,7 @@ from distsim.checkpoint import (
 )
 from distsim.checkpoint import image_shape as checkpoint_image_shape
 from distsim.config import Config, load_config, resolve_given
+from distsim.depth import depth_to_unit
 from distsim.ema import EMA
 from distsim.guards import (
     CommCounter,
@@ -59,7 +60,7 @@ from distsim.guards import (
     tensor_checksums,
 )
 from distsim.history import HistoryBuffer, deal, merged_images
-from distsim.images import grid, plot_curves, save_png, titled
+from distsim.images import depth_grid, grid, plot_curves, save_png, titled
 from distsim.losses import PSI
 from distsim.models import GaussianBlur
 from distsim.realism import RealismProbe
@@ -69,11 +70,16 @@ from shards.progress import Progress
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """Integer images from the loader -> float in [-1, 1], on whatever device they are."""
+    """Integer images from the loader -> float in [-1, 1], on whatever device they are.
+
+    uint8 (eyes): 0 -> -1, 255 -> 1. uint16 (and int32) are depth crops (``shards.depth``):
+    code 1 (near plane) -> -1, 65535 (far plane) -> 1, and invalid pixels (code 0) filled from
+    their farthest valid neighbours so that D cannot tell real crops by them
+    (``distsim.depth``)."""
     if images.dtype == torch.uint8:
         return images.float().div_(127.5).sub_(1.0)
     if images.dtype == torch.uint16 or images.dtype == torch.int32:
-        return images.float().div_(32767.5).sub_(1.0)
+        return depth_to_unit(images)
     return images.float()
 
 
@@ -191,7 +197,14 @@ def prepare_data(cfg: Config, accelerator: Accelerator) -> tuple[Path, Path, dat
         with accelerator.main_process_first():
             for domain in ("synthetic", cfg.builtin_real):
                 paths.append(
-                    data.ensure_builtin_shards(domain, cfg.builtin_count, cfg.builtin_seed, cache)
+                    data.ensure_builtin_shards(
+                        domain,
+                        cfg.builtin_count,
+                        cfg.builtin_seed,
+                        cache,
+                        sim=cfg.builtin_sim,
+                        size=cfg.builtin_size,
+                    )  # fmt: skip
                 )
         syn_dir, real_dir = paths
     syn = data.open_shards(syn_dir, on_error=cfg.on_bad_shard)
@@ -360,6 +373,8 @@ class Run:
 
         self.syn_dir, self.real_dir, manifest = prepare_data(cfg, accelerator)
         self.image_shape = tuple(manifest.image_shape)  # (C, H, W)
+        # uint16 shards are depth crops (shards.depth): colour grids, invalid pixels filled.
+        self.depth = manifest.image_dtype == "uint16"
         channels = self.image_shape[0]
         if cfg.psi == "channel_mean" and channels == 1:
             raise ValueError("--psi channel_mean needs colour images; these shards have 1 channel")
@@ -476,11 +491,13 @@ class Run:
                 print(f"resuming from {resume_from} at step {c.step}", flush=True)
                 for note in self.notes:
                     print(f"  changed: {note}", flush=True)
-        # The same eyes in every grid, and whatever the resume point: the first of each set.
-        self.grid_syn, self.grid_real = (
-            to_unit_range(data.first_images(d, cfg.grid_rows, on_error=cfg.on_bad_shard)).to(device)
-            for d in (self.syn_dir, self.real_dir)
-        )
+        # The same images in every grid, and whatever the resume point: the first of each set.
+        # Depth grids show the real crops as measured, invalid pixels marked (D sees them
+        # filled, see distsim.depth).
+        firsts = [data.first_images(d, cfg.grid_rows, on_error=cfg.on_bad_shard)
+                  for d in (self.syn_dir, self.real_dir)]  # fmt: skip
+        self.grid_syn, self.grid_real = (to_unit_range(x).to(device) for x in firsts)
+        self.grid_real_valid = firsts[1] != 0 if self.depth else None
         # The label-free realism score at each checkpoint: fixed images, scored on rank 0.
         self.probe: RealismProbe | None = None
         if cfg.realism_images > 0 and accelerator.is_main_process:
@@ -622,9 +639,15 @@ class Run:
 
     def save_grid(self, step: int) -> None:
         refined = self.step.refine(self.grid_syn)
-        picture = grid([self.grid_syn, refined, self.grid_real])
         which = "refined (weight average)" if self.step.ema is not None else "refined"
-        picture = titled(picture, ["synthetic", which, "real"], f"step {step}")
+        if self.depth:
+            columns = [self.grid_syn, refined, self.grid_real]
+            picture = depth_grid(columns, [None, None, self.grid_real_valid])
+            caption = f"step {step}  depth: near dark, far yellow; magenta: no measurement"
+        else:
+            picture = grid([self.grid_syn, refined, self.grid_real])
+            caption = f"step {step}"
+        picture = titled(picture, ["synthetic", which, "real"], caption)
         save_png(picture, self.run_dir / "images" / f"step-{step:08d}.png")
         assert self.writer is not None
         self.writer.add_image("synthetic|refined|real", picture, step, dataformats="HWC")
@@ -661,7 +684,7 @@ class Run:
                 f"{k} {stats[k]:.3f}" for k in shown if k in stats))  # fmt: skip
         if "d_acc" in stats:
             lines.append(
-                f"  D tells current refined eyes from real ones {100 * stats['d_acc']:.0f}% of "
+                f"  D tells current refined images from real ones {100 * stats['d_acc']:.0f}% of "
                 f"the time (50%: chance; real {100 * stats['d_acc_real']:.0f}%, refined "
                 f"{100 * stats['d_acc_refined']:.0f}%)"
             )

@@ -62,9 +62,11 @@ def _refine_by_hand(run: Path, images: np.ndarray) -> np.ndarray:
 def test_unit_range_round_trip() -> None:
     values = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
     assert torch.equal(from_unit_range(to_unit_range(values), "uint8"), values)
-    wide = torch.tensor([0, 1, 32767, 32768, 65534, 65535], dtype=torch.int32)
-    back = from_unit_range(wide.double().div(32767.5).sub(1.0).float(), "uint16")
-    assert torch.equal(back, wide)
+    # Depth codes (shards.depth): every valid code 1..65535 comes back exactly; a refined
+    # crop has no invalid pixels (0), which the trainer fills before R sees them.
+    wide = torch.tensor([1, 2, 32767, 32768, 65534, 65535], dtype=torch.int32).view(1, 1, 1, -1)
+    assert torch.equal(from_unit_range(to_unit_range(wide), "uint16"), wide)
+    assert from_unit_range(torch.tensor([-1.5, 1.5]), "uint16").tolist() == [1, 65535]
 
 
 def test_refine_keeps_labels_and_order_and_applies_the_refiner(setup, tmp_path) -> None:

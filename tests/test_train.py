@@ -79,7 +79,7 @@ def test_smoke_training_single_process(tmp_path, capsys):
     _check_run(run_dir, total, cache)
     # The run explains itself at the end: losses, D, where the pictures and weights are.
     out = capsys.readouterr().out
-    for text in ("last losses: r_adv", "D tells current refined eyes from real ones",
+    for text in ("last losses: r_adv", "D tells current refined images from real ones",
                  f"newest grid: {run_dir / 'images' / 'step-00000007.png'}",
                  f"curves: {run_dir / 'images' / 'losses.png'}",
                  f"newest checkpoint: {run_dir / 'checkpoints' / 'step-00000007'}",

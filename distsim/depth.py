@@ -1,0 +1,91 @@
+"""Depth crops for training: codes -> [-1, 1], invalid pixels, and colour pictures.
+
+Crops are ``shards.depth``'s: uint16 (1, S, S) codes 1..65535 over a cube centred on the hand
+(1 = near plane, 65535 = far plane and everything behind it), 0 = invalid (no measurement).
+
+Normalisation: one affine map for every crop, code 1 -> -1 (near), 65535 -> +1 (far), so a
+refiner's input and output live in the same [-1, 1] as eye images and its tanh can reach both
+planes.
+
+Invalid pixels (only the real domain has them: sensor holes, projector shadows, flying-pixel
+drop-outs; a render never fails to measure): left as they are, code 0 would map just below -1,
+a value no synthetic or refined pixel ever takes, and D would win by spotting it alone. So
+before anything sees a real crop (D, the realism probe), ``fill_invalid`` replaces each
+invalid pixel by the **farthest valid depth among its neighbours**, grown inwards a pixel per
+pass (a grey-scale dilation restricted to the holes), and whatever is still invalid after
+``FILL_PASSES`` passes (a hole wider than twice that) becomes the far plane. Why the farthest
+neighbour and not the nearest or the mean: a Kinect's shadows and drop-outs sit on the
+background side of a depth edge, so the far neighbour is what the sensor would have seen, and
+a max never invents a depth between hand and wall (a mean would make flying pixels). After
+filling, every pixel of a real crop is a valid depth that also occurs in its own crop, and
+the mask of where filling happened is not shown to D. A validity mask channel for R and D
+was the alternative; it would hand D the answer (synthetic masks are all ones).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FAR", "FILL_PASSES", "NEAR", "codes_to_unit", "depth_rgb", "fill_invalid"]
+
+NEAR, FAR = -1.0, 1.0
+# Passes of the hole filling: holes up to 2 * FILL_PASSES px across fill from their rims.
+FILL_PASSES = 8
+_CODES = 65534.0  # valid codes 1..65535 (shards.depth)
+_UNSET = -3.0  # below every valid value: marks a still-invalid pixel during filling
+
+
+def codes_to_unit(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint16 (or int32) depth codes (B, 1, H, W) -> (float depth in [-1, 1], valid mask).
+
+    Code c maps to (c - 1) / 65534 * 2 - 1; invalid pixels (code 0) come out as NaN-free
+    placeholders (the far plane) with ``valid`` False there. No host syncs.
+    """
+    c = codes.to(torch.int32)
+    valid = c > 0  # (B, 1, H, W) bool
+    x = (c - 1).float().mul_(2.0 / _CODES).sub_(1.0)
+    return torch.where(valid, x, torch.full_like(x, FAR)), valid
+
+
+def fill_invalid(x: torch.Tensor, valid: torch.Tensor, passes: int = FILL_PASSES) -> torch.Tensor:
+    """Invalid pixels of `x` (B, C, H, W) -> the farthest valid neighbour, grown `passes` px
+    into each hole; pixels still unset then become the far plane (see the module docstring).
+    Valid pixels are returned unchanged. Fixed work, no host syncs (compile-friendly)."""
+    out = torch.where(valid, x, torch.full_like(x, _UNSET))
+    for _ in range(passes):
+        grown = F.max_pool2d(out, 3, stride=1, padding=1)  # padding is -inf: never picked
+        out = torch.where(out > _UNSET, out, grown)
+    return torch.where(out > _UNSET, out, torch.full_like(out, FAR))
+
+
+def depth_to_unit(codes: torch.Tensor) -> torch.Tensor:
+    """What training sees of a depth crop: ``codes_to_unit`` then ``fill_invalid``."""
+    x, valid = codes_to_unit(codes)
+    return fill_invalid(x, valid)
+
+
+def unit_to_codes(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``codes_to_unit`` for valid depth: [-1, 1] -> codes 1..65535 (int32)."""
+    return x.float().add(1.0).mul_(_CODES / 2).add_(1.0).round_().clamp_(1, 65535).to(torch.int32)
+
+
+def depth_rgb(
+    x: np.ndarray,
+    *,
+    lo: float,
+    hi: float,
+    valid: np.ndarray | None = None,
+    invalid: tuple[int, int, int] = (255, 0, 255),
+) -> np.ndarray:
+    """Depth in [-1, 1], (..., H, W) -> uint8 (..., H, W, 3) through viridis, `lo` (dark,
+    near) to `hi` (yellow, far), clipped; pixels where `valid` is False in ``invalid``
+    (magenta, a colour viridis never takes)."""
+    from matplotlib import colormaps
+
+    t = np.clip((np.asarray(x, np.float64) - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    rgb = colormaps["viridis"](t, bytes=True)[..., :3]
+    if valid is not None:
+        rgb[~valid] = invalid
+    return rgb
