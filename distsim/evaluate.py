@@ -1,5 +1,8 @@
 """Score a data set by the gaze estimator it trains: `python -m distsim.evaluate gaze ...`.
 
+(`python -m distsim.evaluate hands ...` does the same for depth hands with the paper's stacked
+hourglass: ``distsim.evaluate_hands``.)
+
 The paper's measure of a refiner (section 4.1, Tables 2-3, Figure 7): train its gaze estimator
 on some labelled eyes (synthetic, refined, or real as an upper bound), test it on labelled real
 eyes, and report the mean angular error and the percentage of test images within d degrees.
@@ -56,6 +59,7 @@ PROG = "distsim.evaluate"
 THRESHOLDS = tuple(range(1, 21))  # degrees: the x axis of the paper's Figure 7
 LABEL = "gaze"
 OPTIMIZERS = ("adam", "sgd")
+GAZE_TITLE = "Gaze estimation: cumulative error"
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -324,30 +328,37 @@ def plot_cumulative(
     path: str | Path,
     thresholds: Sequence[float] = THRESHOLDS,
     title: str = "Gaze estimation: cumulative error",
+    *,
+    xlabel: str = "angular error (degrees)",
+    ylabel: str = "% of images within error",
 ) -> Path:
     """Figure 7's plot: % of test images within each angular error, one curve per run.
 
-    ``curves`` maps a run's name to its ``within_pct`` (one value per threshold).
+    ``curves`` maps a run's name to its ``within_pct`` (one value per threshold). (Figure 9's
+    hand curves too, with their labels: ``distsim.evaluate_hands.plot_within_pixels``.)
     """
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    xs = [0.0, *map(float, thresholds)]  # nothing is within 0 degrees of a continuous error
+    for name, values in curves.items():
+        if len(values) != len(thresholds):
+            raise ValueError(
+                f"curve {name!r} has {len(values)} values for {len(thresholds)} thresholds"
+            )
+    xs = list(map(float, thresholds))
+    if xs[0] > 0:  # nothing is within 0 of a continuous error: start the curve at (0, 0)
+        xs, curves = [0.0, *xs], {name: [0.0, *values] for name, values in curves.items()}
     fig, ax = plt.subplots(figsize=(5.0, 4.0), dpi=120)
     try:
         for name, values in curves.items():
-            if len(values) != len(thresholds):
-                raise ValueError(
-                    f"curve {name!r} has {len(values)} values for {len(thresholds)} thresholds"
-                )
-            ax.plot(xs, [0.0, *values], marker="o", markersize=3, label=name)
+            ax.plot(xs, values, marker="o", markersize=3, label=name)
         ax.set_xlim(0, max(xs))
         ax.set_xticks(range(0, math.ceil(max(xs)) + 1, 2))
         ax.set_ylim(0, 100)
-        ax.set_xlabel("angular error (degrees)")
-        ax.set_ylabel("% of images within error")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="lower right")
@@ -413,16 +424,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--log-every", type=positive_int, default=100, help="steps (100)")
     g.add_argument("--name", default=None, help="curve label in the plot (--train's name)")
+    from distsim.evaluate_hands import add_hands_parser  # here: it imports this module
+
+    add_hands_parser(tasks)
     plot = tasks.add_parser(
         "plot",
         help="overlay the cumulative-error curves of several evaluations in one plot",
-        description="Read each DIR/metrics.json written by `evaluate gaze` and draw their "
-        "curves (the paper's Figure 7) in one PNG.",
+        description="Read each DIR/metrics.json written by `evaluate gaze` (or each written "
+        "by `evaluate hands`) and draw their curves (the paper's Figure 7, or Figure 9) in one "
+        "PNG.",
     )
     plot.add_argument("runs", type=Path, nargs="+", help="evaluation directories")
     plot.add_argument("--out", type=Path, required=True, help="PNG to write")
     plot.add_argument("--names", nargs="+", help="curve labels (default: the directory names)")
-    plot.add_argument("--title", default="Gaze estimation: cumulative error")
+    plot.add_argument("--title", default=GAZE_TITLE)
     return parser
 
 
@@ -432,11 +447,15 @@ def overlay(runs: Sequence[Path], out: Path, names: Sequence[str] | None, title:
         raise ValueError(f"{len(names)} --names for {len(runs)} evaluation directories")
     curves: dict[str, list[float]] = {}
     thresholds: list[float] | None = None
+    tasks: set[str] = set()
     for i, run in enumerate(runs):
         path = run / "metrics.json"
         try:
             report = json.loads(path.read_text())
-            within, these = report["within_pct"], report["thresholds_deg"]
+            task = report.get("task", "gaze")
+            tasks.add(task)
+            key = "thresholds_px" if task == "hands" else "thresholds_deg"
+            within, these = report["within_pct"], report[key]
         except FileNotFoundError:
             raise ValueError(f"{path}: no such file (not an `evaluate gaze` output)") from None
         except (ValueError, KeyError, TypeError) as err:
@@ -446,11 +465,23 @@ def overlay(runs: Sequence[Path], out: Path, names: Sequence[str] | None, title:
         thresholds = list(these)
         curves[names[i] if names else run.name] = within
     assert thresholds is not None
+    if len(tasks) > 1:
+        raise ValueError(f"cannot overlay gaze and hand evaluations in one plot: {runs}")
+    if tasks == {"hands"}:
+        from distsim.evaluate_hands import plot_within_pixels
+
+        if title == GAZE_TITLE:
+            title = "Hand pose: frames within distance"
+        return plot_within_pixels(curves, out, thresholds, title=title)
     return plot_cumulative(curves, out, thresholds, title=title)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.task == "hands":
+        from distsim.evaluate_hands import run_hands
+
+        return run_hands(args, PROG)
     if args.task == "plot":
         try:
             print(f"{PROG}: wrote {overlay(args.runs, args.out, args.names, args.title)}")
