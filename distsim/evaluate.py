@@ -25,7 +25,9 @@ Choices the paper leaves open, and ours:
   shuffle, remainder "split"), and the metrics are sums all-reduced by torchmetrics.
 
 ``train_and_test`` holds all of it and takes rank, world size and device as arguments; only
-``main`` talks to Accelerate.
+``main`` talks to Accelerate. The training loop itself is ``distsim.fit.fit``, shared by every
+estimator; its ``prepare`` hook is how DDP runs it, and the bare float32 estimator is what
+gets tested.
 """
 
 from __future__ import annotations
@@ -36,17 +38,16 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from distsim import data
 from distsim.estimators import EYE_SHAPE, GazeEstimator, gaze_loss
+from distsim.fit import Plain, Prepare, fit
 from distsim.metrics import MeanAngularError, WithinAngle
 from distsim.train import to_unit_range
 from shards.cliutil import non_negative_int, one_line, positive_int
@@ -97,12 +98,13 @@ def steps_for_epochs(epochs: float, num_images: int, batch_size: int, world_size
 # --- train and test -------------------------------------------------------------------------
 
 
-def _mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return value
+def _gaze_batches(
+    batches: Iterator[dict[str, torch.Tensor]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for batch in batches:
+        x = to_unit_range(batch["image"].to(device, non_blocking=True))  # (B, 1, H, W)
+        y = batch[LABEL].to(device, non_blocking=True)  # (B, 3)
+        yield x, y
 
 
 def _log(rank: int, text: str, progress: bool = True) -> None:
@@ -137,6 +139,7 @@ def train_and_test_many(
     test_batch_size: int | None = None,
     thresholds: Sequence[float] = THRESHOLDS,
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    prepare: Prepare | None = None,
     log_every: int = 100,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -147,9 +150,10 @@ def train_and_test_many(
     Give exactly one of ``steps`` (0 tests the untrained estimator) and ``epochs``. Each of
     ``world_size`` ranks calls this with its ``rank``; with a process group initialised, the
     metrics and the logged loss are reduced over it. ``wrap_model`` (e.g. Accelerate's
-    ``prepare_model``) wraps the estimator for training, for DDP; testing uses the bare model.
-    ``batch_size`` is per rank. Returns the reports written to metrics.json (same on all
-    ranks), in the order of ``test_dirs``.
+    ``prepare_model``) wraps the estimator for training, for DDP; ``prepare`` (instead) is the
+    general hook of ``distsim.fit.fit``. Testing uses the
+    bare float32 model either way. ``batch_size`` is per rank. Returns the reports written to
+    metrics.json (same on all ranks), in the order of ``test_dirs``.
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -165,6 +169,10 @@ def train_and_test_many(
         raise ValueError(f"need steps >= 0 or epochs > 0, got steps={steps}, epochs={epochs}")
     if not test_dirs:
         raise ValueError("give at least one test set")
+    if wrap_model is not None and prepare is not None:
+        raise ValueError("give at most one of wrap_model and prepare")
+    if prepare is None:
+        prepare = Plain(wrap_model)
     train_manifest = open_gaze_shards(train_dir)
     test_manifests = [open_gaze_shards(d) for d in test_dirs]
     if train_manifest.labels_for_evaluation_only:
@@ -192,7 +200,6 @@ def train_and_test_many(
         opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    trained = wrap_model(model) if wrap_model is not None else model
 
     losses: list[dict[str, float]] = []
     train_started = time.perf_counter()
@@ -201,31 +208,10 @@ def train_and_test_many(
             train_dir, batch_size, rank, world_size, seed, num_workers, train_count
         )
         with loader:
-            batches = iter(loader)
-            trained.train()
-            loss_sum = torch.zeros((), device=device)
-            since = 0
-            bar = tqdm(total=steps, desc="train estimator", disable=not (progress and rank == 0))
-            for step in range(1, steps + 1):
-                batch = next(batches)
-                x = to_unit_range(batch["image"].to(device, non_blocking=True))  # (B, 1, H, W)
-                y = batch[LABEL].to(device, non_blocking=True)  # (B, 3)
-                loss = gaze_loss(trained(x), y).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
-                since += 1
-                if step % log_every == 0 or step == steps:
-                    mean = float(_mean_over_ranks(loss_sum / since))  # the one host sync
-                    if not math.isfinite(mean):
-                        raise FloatingPointError(f"non-finite training loss at step {step}")
-                    losses.append({"step": step, "loss": mean})
-                    bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
-                    loss_sum.zero_()
-                    since = 0
-                bar.update(1)
-            bar.close()
+            losses = fit(
+                model, opt, _gaze_batches(iter(loader), device), gaze_loss, steps,
+                prepare=prepare, rank=rank, log_every=log_every, progress=progress,
+            )  # fmt: skip
     train_seconds = time.perf_counter() - train_started
 
     model.eval()
@@ -466,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
         from distsim.train import make_accelerator
 
         accelerator = make_accelerator()  # CPU/gloo when launched without CUDA
+        prepare: Prepare | None = None
+        if accelerator.num_processes > 1:
+            prepare = Plain(accelerator.prepare_model)
         report = train_and_test(
             args.train,
             args.test,
@@ -481,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             optimizer=args.optimizer,
             num_workers=args.num_workers,
             train_count=args.train_count,
-            wrap_model=accelerator.prepare_model if accelerator.num_processes > 1 else None,
+            prepare=prepare,
             log_every=args.log_every,
             progress=True,
         )
