@@ -7,6 +7,7 @@ eyes, and report the mean angular error and the percentage of test images within
     python -m distsim.evaluate gaze --train data/syn --test data/real-test --out runs/eval-syn \
         --steps 2000
     accelerate launch -m distsim.evaluate gaze ...   # training (DDP) and testing split by rank
+    python -m distsim.evaluate gaze ... --deepspeed launch/deepspeed_zero2.json  # see zero.py
 
 Writes DIR/metrics.json and DIR/cumulative_error.png (Figure 7's curve; ``plot_cumulative``
 overlays several runs).
@@ -26,8 +27,8 @@ Choices the paper leaves open, and ours:
 
 ``train_and_test`` holds all of it and takes rank, world size and device as arguments; only
 ``main`` talks to Accelerate. The training loop itself is ``distsim.fit.fit``, shared by every
-estimator; its ``prepare`` hook is how DDP runs it, and the bare float32 estimator is what
-gets tested.
+estimator; its ``prepare`` hook is how DDP or DeepSpeed (``--deepspeed``, ``distsim.zero``)
+run it, and either way the bare float32 estimator is what gets tested.
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ def train_and_test_many(
     Give exactly one of ``steps`` (0 tests the untrained estimator) and ``epochs``. Each of
     ``world_size`` ranks calls this with its ``rank``; with a process group initialised, the
     metrics and the logged loss are reduced over it. ``wrap_model`` (e.g. Accelerate's
-    ``prepare_model``) wraps the estimator for training, for DDP; ``prepare`` (instead) is the
-    general hook of ``distsim.fit.fit``. Testing uses the
+    ``prepare_model``) wraps the estimator for training, for DDP; ``prepare`` (instead; e.g.
+    ``distsim.zero.DeepSpeed``) is the general hook of ``distsim.fit.fit``. Testing uses the
     bare float32 model either way. ``batch_size`` is per rank. Returns the reports written to
     metrics.json (same on all ranks), in the order of ``test_dirs``.
     """
@@ -254,6 +255,7 @@ def train_and_test_many(
                 "num_workers": num_workers,
                 "world_size": world_size,
                 "device": device.type,
+                "deepspeed": prepare.deepspeed,
                 "loss": "mean over batch of ||pred - unit gaze||^2",
             },
             "train_loss": losses,
@@ -398,6 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="use only the first N training images (the paper's '4x more data' rows)",
     )
     g.add_argument("--log-every", type=positive_int, default=100, help="steps (100)")
+    g.add_argument(
+        "--deepspeed",
+        type=Path,
+        default=None,
+        metavar="CONFIG",
+        help="train through Accelerate's DeepSpeed plugin with this DeepSpeed JSON config "
+        "(launch/deepspeed_zero2.json: ZeRO-2, bf16 on GPUs); needs "
+        "pip install 'distsim[deepspeed]'",
+    )
     g.add_argument("--name", default=None, help="curve label in the plot (--train's name)")
     plot = tasks.add_parser(
         "plot",
@@ -449,12 +460,22 @@ def main(argv: list[str] | None = None) -> int:
         # Checked before Accelerate starts, so a bad path costs no process group.
         open_gaze_shards(args.train)
         open_gaze_shards(args.test)
+        from distsim import zero
         from distsim.train import make_accelerator
 
-        accelerator = make_accelerator()  # CPU/gloo when launched without CUDA
+        launched = zero.launcher_config()  # an Accelerate config with a DeepSpeed JSON
+        if launched and args.deepspeed and Path(launched).resolve() != args.deepspeed.resolve():
+            raise ValueError(f"--deepspeed {args.deepspeed} but the launcher's is {launched}")
+        deepspeed = args.deepspeed or launched
         prepare: Prepare | None = None
-        if accelerator.num_processes > 1:
-            prepare = Plain(accelerator.prepare_model)
+        if deepspeed:
+            config, info = zero.load_config(deepspeed, args.batch_size)
+            accelerator = zero.make_accelerator(config, info)
+            prepare = zero.DeepSpeed(accelerator, info)
+        else:
+            accelerator = make_accelerator()  # CPU/gloo when launched without CUDA
+            if accelerator.num_processes > 1:
+                prepare = Plain(accelerator.prepare_model)
         report = train_and_test(
             args.train,
             args.test,
