@@ -2,7 +2,9 @@
 # The GPU check, in one call of under 8 minutes on one GPU: install the project, run the tests
 # marked `cuda` (bf16 training, fp16 with the loss scaler across both optimizers, compiled vs
 # eager, resume with compile on), then the step-throughput benchmark (plain loop, our eager
-# step, our compiled step; eye and hand configs). Logs and JSON go to $OUT.
+# step, our compiled step; eye and hand configs), then the gaze estimator trained with and
+# without DeepSpeed (ZeRO-2, bf16: time per step, peak memory; skipped with a note where
+# deepspeed is not installed). Logs and JSON go to $OUT.
 #
 #   benchmarks/gpu_check.sh                 # on a GPU machine, from the repository root
 #   benchmarks/gpu_check.sh --cpu-dry-run   # the same steps on the CPU at tiny sizes, so the
@@ -44,6 +46,7 @@ if [[ $DRY == 1 ]]; then
     export DISTSIM_TEST_DEVICE=cpu
     BENCH=(--configs eyes-cpu --batches 8 --precisions fp32 --iters 1 --warmup 2
            --compiled-batches 8 --device cpu)
+    ESTIMATOR=(--steps 3 --warmup 1 --batch-size 8 --width-mult 0.25)
 elif python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     # Compiled rows only at batch 512 for the eyes (each compile is tens of seconds) and for
     # the hand preset's own batch; hands in bf16 with and without channels-last.
@@ -51,6 +54,7 @@ elif python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; th
            --compiled-batches 512)
     HANDS=(--configs hands --batches 16 --precisions bf16 --iters 5 --warmup 2
            --compiled-batches 16)
+    ESTIMATOR=(--steps 300 --warmup 20 --batch-size 512)
 else
     echo "no GPU here: run with --cpu-dry-run, or on the GPU machine"
     exit 2
@@ -74,6 +78,18 @@ if [[ $DRY == 0 ]]; then
         --modes eager,compiled --compiled-batches 512 --channels-last --compile-mode reduce-overhead \
         --iters 20 --out "$OUT/step_throughput_cudagraphs.json" 2>&1 | tee -a "$OUT/step_throughput.log"
     test "${PIPESTATUS[0]}" -eq 0 || status=1
+fi
+
+step "gaze estimator with and without DeepSpeed"
+if ! python3 -c 'import deepspeed, transformers' >/dev/null 2>&1; then
+    echo "skipped: deepspeed or transformers not installed (pip install '.[deepspeed]')" \
+        | tee "$OUT/estimator_deepspeed.log"
+else
+    for mode in plain deepspeed; do
+        python3 benchmarks/estimator_deepspeed.py --mode "$mode" "${ESTIMATOR[@]}" \
+            --out "$OUT/estimator_$mode.json" 2>&1 | tee -a "$OUT/estimator_deepspeed.log"
+        test "${PIPESTATUS[0]}" -eq 0 || status=1
+    done
 fi
 
 step "done (status $status); files in $OUT"

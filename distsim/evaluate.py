@@ -10,6 +10,7 @@ eyes, and report the mean angular error and the percentage of test images within
     python -m distsim.evaluate gaze --train data/syn --test data/real-test --out runs/eval-syn \
         --steps 2000
     accelerate launch -m distsim.evaluate gaze ...   # training (DDP) and testing split by rank
+    python -m distsim.evaluate gaze ... --deepspeed launch/deepspeed_zero2.json  # see zero.py
 
 Writes DIR/metrics.json and DIR/cumulative_error.png (Figure 7's curve; ``plot_cumulative``
 overlays several runs).
@@ -28,7 +29,9 @@ Choices the paper leaves open, and ours:
   shuffle, remainder "split"), and the metrics are sums all-reduced by torchmetrics.
 
 ``train_and_test`` holds all of it and takes rank, world size and device as arguments; only
-``main`` talks to Accelerate.
+``main`` talks to Accelerate. The training loop itself is ``distsim.fit.fit``, shared by every
+estimator; its ``prepare`` hook is how DDP or DeepSpeed (``--deepspeed``, ``distsim.zero``)
+run it, and either way the bare float32 estimator is what gets tested.
 """
 
 from __future__ import annotations
@@ -39,17 +42,16 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from distsim import data
 from distsim.estimators import EYE_SHAPE, GazeEstimator, gaze_loss
+from distsim.fit import Plain, Prepare, fit
 from distsim.metrics import MeanAngularError, WithinAngle
 from distsim.train import to_unit_range
 from shards.cliutil import non_negative_int, one_line, positive_int
@@ -101,12 +103,13 @@ def steps_for_epochs(epochs: float, num_images: int, batch_size: int, world_size
 # --- train and test -------------------------------------------------------------------------
 
 
-def _mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return value
+def _gaze_batches(
+    batches: Iterator[dict[str, torch.Tensor]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for batch in batches:
+        x = to_unit_range(batch["image"].to(device, non_blocking=True))  # (B, 1, H, W)
+        y = batch[LABEL].to(device, non_blocking=True)  # (B, 3)
+        yield x, y
 
 
 def _log(rank: int, text: str, progress: bool = True) -> None:
@@ -141,6 +144,7 @@ def train_and_test_many(
     test_batch_size: int | None = None,
     thresholds: Sequence[float] = THRESHOLDS,
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    prepare: Prepare | None = None,
     log_every: int = 100,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -151,9 +155,10 @@ def train_and_test_many(
     Give exactly one of ``steps`` (0 tests the untrained estimator) and ``epochs``. Each of
     ``world_size`` ranks calls this with its ``rank``; with a process group initialised, the
     metrics and the logged loss are reduced over it. ``wrap_model`` (e.g. Accelerate's
-    ``prepare_model``) wraps the estimator for training, for DDP; testing uses the bare model.
-    ``batch_size`` is per rank. Returns the reports written to metrics.json (same on all
-    ranks), in the order of ``test_dirs``.
+    ``prepare_model``) wraps the estimator for training, for DDP; ``prepare`` (instead; e.g.
+    ``distsim.zero.DeepSpeed``) is the general hook of ``distsim.fit.fit``. Testing uses the
+    bare float32 model either way. ``batch_size`` is per rank. Returns the reports written to
+    metrics.json (same on all ranks), in the order of ``test_dirs``.
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -169,6 +174,10 @@ def train_and_test_many(
         raise ValueError(f"need steps >= 0 or epochs > 0, got steps={steps}, epochs={epochs}")
     if not test_dirs:
         raise ValueError("give at least one test set")
+    if wrap_model is not None and prepare is not None:
+        raise ValueError("give at most one of wrap_model and prepare")
+    if prepare is None:
+        prepare = Plain(wrap_model)
     train_manifest = open_gaze_shards(train_dir)
     test_manifests = [open_gaze_shards(d) for d in test_dirs]
     if train_manifest.labels_for_evaluation_only:
@@ -196,7 +205,6 @@ def train_and_test_many(
         opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    trained = wrap_model(model) if wrap_model is not None else model
 
     losses: list[dict[str, float]] = []
     train_started = time.perf_counter()
@@ -205,31 +213,10 @@ def train_and_test_many(
             train_dir, batch_size, rank, world_size, seed, num_workers, train_count
         )
         with loader:
-            batches = iter(loader)
-            trained.train()
-            loss_sum = torch.zeros((), device=device)
-            since = 0
-            bar = tqdm(total=steps, desc="train estimator", disable=not (progress and rank == 0))
-            for step in range(1, steps + 1):
-                batch = next(batches)
-                x = to_unit_range(batch["image"].to(device, non_blocking=True))  # (B, 1, H, W)
-                y = batch[LABEL].to(device, non_blocking=True)  # (B, 3)
-                loss = gaze_loss(trained(x), y).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
-                since += 1
-                if step % log_every == 0 or step == steps:
-                    mean = float(_mean_over_ranks(loss_sum / since))  # the one host sync
-                    if not math.isfinite(mean):
-                        raise FloatingPointError(f"non-finite training loss at step {step}")
-                    losses.append({"step": step, "loss": mean})
-                    bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
-                    loss_sum.zero_()
-                    since = 0
-                bar.update(1)
-            bar.close()
+            losses = fit(
+                model, opt, _gaze_batches(iter(loader), device), gaze_loss, steps,
+                prepare=prepare, rank=rank, log_every=log_every, progress=progress,
+            )  # fmt: skip
     train_seconds = time.perf_counter() - train_started
 
     model.eval()
@@ -272,6 +259,7 @@ def train_and_test_many(
                 "num_workers": num_workers,
                 "world_size": world_size,
                 "device": device.type,
+                "deepspeed": prepare.deepspeed,
                 "loss": "mean over batch of ||pred - unit gaze||^2",
             },
             "train_loss": losses,
@@ -423,6 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="use only the first N training images (the paper's '4x more data' rows)",
     )
     g.add_argument("--log-every", type=positive_int, default=100, help="steps (100)")
+    g.add_argument(
+        "--deepspeed",
+        type=Path,
+        default=None,
+        metavar="CONFIG",
+        help="train through Accelerate's DeepSpeed plugin with this DeepSpeed JSON config "
+        "(launch/deepspeed_zero2.json: ZeRO-2, bf16 on GPUs); needs "
+        "pip install 'distsim[deepspeed]'",
+    )
     g.add_argument("--name", default=None, help="curve label in the plot (--train's name)")
     from distsim.evaluate_hands import add_hands_parser  # here: it imports this module
 
@@ -494,9 +491,22 @@ def main(argv: list[str] | None = None) -> int:
         # Checked before Accelerate starts, so a bad path costs no process group.
         open_gaze_shards(args.train)
         open_gaze_shards(args.test)
+        from distsim import zero
         from distsim.train import make_accelerator
 
-        accelerator = make_accelerator()  # CPU/gloo when launched without CUDA
+        launched = zero.launcher_config()  # an Accelerate config with a DeepSpeed JSON
+        if launched and args.deepspeed and Path(launched).resolve() != args.deepspeed.resolve():
+            raise ValueError(f"--deepspeed {args.deepspeed} but the launcher's is {launched}")
+        deepspeed = args.deepspeed or launched
+        prepare: Prepare | None = None
+        if deepspeed:
+            config, info = zero.load_config(deepspeed, args.batch_size)
+            accelerator = zero.make_accelerator(config, info)
+            prepare = zero.DeepSpeed(accelerator, info)
+        else:
+            accelerator = make_accelerator()  # CPU/gloo when launched without CUDA
+            if accelerator.num_processes > 1:
+                prepare = Plain(accelerator.prepare_model)
         report = train_and_test(
             args.train,
             args.test,
@@ -512,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             optimizer=args.optimizer,
             num_workers=args.num_workers,
             train_count=args.train_count,
-            wrap_model=accelerator.prepare_model if accelerator.num_processes > 1 else None,
+            prepare=prepare,
             log_every=args.log_every,
             progress=True,
         )

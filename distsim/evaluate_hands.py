@@ -46,7 +46,8 @@ from torch import nn
 from tqdm import tqdm
 
 from distsim import data
-from distsim.evaluate import _log, _mean_over_ranks, plot_cumulative, steps_for_epochs
+from distsim.evaluate import _log, plot_cumulative, steps_for_epochs
+from distsim.fit import mean_over_ranks as _mean_over_ranks
 from distsim.handaug import (
     depth_to_unit,
     invert,
