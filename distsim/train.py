@@ -59,7 +59,7 @@ from distsim.guards import (
     named_state,
     tensor_checksums,
 )
-from distsim.history import HistoryBuffer, deal, merged_images
+from distsim.history import CODE_LEVELS, HistoryBuffer, codes_fit, deal, merged_images
 from distsim.images import depth_grid, grid, plot_curves, save_png, titled
 from distsim.losses import PSI
 from distsim.models import GaussianBlur
@@ -373,6 +373,7 @@ class Run:
 
         self.syn_dir, self.real_dir, manifest = prepare_data(cfg, accelerator)
         self.image_shape = tuple(manifest.image_shape)  # (C, H, W)
+        self.image_dtype = manifest.image_dtype
         # uint16 shards are depth crops (shards.depth): colour grids, invalid pixels filled.
         self.depth = manifest.image_dtype == "uint16"
         channels = self.image_shape[0]
@@ -526,7 +527,12 @@ class Run:
                     "it larger or use --history-mode replicated"
                 )
         dtype = history_dtype(self.precision)
-        return HistoryBuffer(capacity, self.image_shape, seed=seed, device=self.device, dtype=dtype)
+        # Rounded to the data's own codes, so checkpoints store them (distsim/history.py).
+        levels = CODE_LEVELS.get(self.image_dtype)
+        levels = levels if levels is not None and codes_fit(levels, dtype) else None
+        return HistoryBuffer(
+            capacity, self.image_shape, seed=seed, device=self.device, dtype=dtype, levels=levels
+        )
 
     def _resume_history(self, state: dict[str, Any]) -> None:
         """The checkpoint's buffer, exactly when its layout is this run's; re-dealt otherwise."""
@@ -535,17 +541,22 @@ class Run:
         if shards is None and state["history"] is None:
             self.notes.append("the checkpoint has no history buffer: it starts empty")
             return
+        saved = shards if shards is not None else [state["history"]]
         if shards is None and not self.sharded:
             self.history.load_state_dict(state["history"])  # a global buffer: any world size
         elif shards is not None and self.sharded and len(shards) == self.world:
             self.history.load_state_dict(shards[self.rank])
         else:
-            images = merged_images(shards if shards is not None else [state["history"]])
             rank, world = (self.rank, self.world) if self.sharded else (0, 1)
-            deal(images, self.history, rank, world)
+            deal(merged_images(saved), self.history, rank, world)
             before = f"sharded over {len(shards)} ranks" if shards is not None else "replicated"
             now = f"sharded over {self.world} ranks" if self.sharded else "replicated"
             self.notes.append(f"history buffer {before} -> {now}: its images were re-dealt")
+        if self.history.levels is not None and any("codes" not in s for s in saved):
+            self.notes.append(
+                "history buffer saved at full precision (before buffers held the data's "
+                f"{self.history.levels + 1} codes): its images were rounded to them"
+            )
 
     # --- the updates, with their guards ------------------------------------------------------
 
