@@ -202,6 +202,7 @@ def prepare_data(cfg: Config, accelerator: Accelerator) -> tuple[Path, Path, dat
                         cfg.builtin_count,
                         cfg.builtin_seed,
                         cache,
+                        progress=cfg.progress,
                         sim=cfg.builtin_sim,
                         size=cfg.builtin_size,
                     )  # fmt: skip
