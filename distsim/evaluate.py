@@ -46,7 +46,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from distsim import data
 from distsim.estimators import EYE_SHAPE, GazeEstimator, gaze_loss
@@ -54,6 +53,7 @@ from distsim.metrics import MeanAngularError, WithinAngle
 from distsim.train import to_unit_range
 from shards.cliutil import non_negative_int, one_line, positive_int
 from shards.format import Manifest
+from shards.progress import Progress
 
 PROG = "distsim.evaluate"
 THRESHOLDS = tuple(range(1, 21))  # degrees: the x axis of the paper's Figure 7
@@ -204,12 +204,15 @@ def train_and_test_many(
         loader = make_train_loader(
             train_dir, batch_size, rank, world_size, seed, num_workers, train_count
         )
-        with loader:
+        _log(rank, f"training the gaze estimator on {used:,} images of {train_dir}", progress)
+        with (
+            loader,
+            Progress(steps, "train estimator", unit="steps", enabled=progress and rank == 0) as bar,
+        ):
             batches = iter(loader)
             trained.train()
             loss_sum = torch.zeros((), device=device)
             since = 0
-            bar = tqdm(total=steps, desc="train estimator", disable=not (progress and rank == 0))
             for step in range(1, steps + 1):
                 batch = next(batches)
                 x = to_unit_range(batch["image"].to(device, non_blocking=True))  # (B, 1, H, W)
@@ -225,16 +228,16 @@ def train_and_test_many(
                     if not math.isfinite(mean):
                         raise FloatingPointError(f"non-finite training loss at step {step}")
                     losses.append({"step": step, "loss": mean})
-                    bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
+                    bar.set_postfix({"loss": f"{mean:.4f}"})
                     loss_sum.zero_()
                     since = 0
                 bar.update(1)
-            bar.close()
     train_seconds = time.perf_counter() - train_started
 
     model.eval()
     reports = []
     for test_dir, test_manifest in zip(test_dirs, test_manifests, strict=True):
+        _log(rank, f"testing on the {test_manifest.count:,} images of {test_dir}", progress)
         test_started = time.perf_counter()
         error, pct, tested, within_thresholds = _test(
             model, test_dir, rank=rank, world_size=world_size, device=device, seed=seed,
