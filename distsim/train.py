@@ -14,6 +14,7 @@ pipeline take ranks, devices and seeds as arguments.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import signal
 import sys
@@ -263,7 +264,16 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int) -> torch.
     if world == 1:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids, **_NO_BUFFER_SYNC)
+
+
+# No buffer broadcast in forward (R and D hold no buffers; the rank check compares weights).
+# torch 2.13 renamed the flag, and its old name prints a FutureWarning on every rank.
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 # (rank, world_size, synthetic start, real start) -> endless image batches per domain, each
