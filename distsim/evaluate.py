@@ -532,6 +532,11 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator is None or accelerator.is_main_process:
             print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        # As distsim.train and distsim.refine: a process group left to the interpreter's exit
+        # can abort a finished rank (gloo's threads) and print C++ frames.
+        if accelerator is not None:
+            accelerator.end_training()
     return 0
 
 

@@ -54,6 +54,9 @@ def test_local_multinode_trains_two_nodes_of_two(tmp_path):
            "--run-dir", str(run_dir), "--num-workers", "0", "--no-progress"]  # fmt: skip
     proc = _run_group(cmd, env, timeout=300, log=tmp_path / "out.txt")
     assert proc.returncode == 0, proc.stdout[-3000:]
+    # A clean teardown: no Python traceback, no C++ frames from c10d (launch/local_multinode.sh).
+    noise = [line for line in proc.stdout.splitlines() if "Traceback" in line or "frame #" in line]
+    assert not noise, proc.stdout[-6000:]
 
     cfg = make_config("smoke")
     total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
