@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from distsim.history import HistoryBuffer, codes_fit, dequantize, quantize, state_images
+from distsim.history import (
+    CODE_LEVELS,
+    HistoryBuffer,
+    codes_fit,
+    dequantize,
+    quantize,
+    state_images,
+)
+from distsim.train import to_unit_range
 
 
 def _imgs(start: int, n: int) -> torch.Tensor:
@@ -98,10 +106,21 @@ def _refined(n: int, seed: int) -> torch.Tensor:
 def test_which_codes_fit_which_buffer():
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         assert codes_fit(255, dtype)
-    assert codes_fit(65535, torch.float32)
-    assert not codes_fit(65535, torch.bfloat16) and not codes_fit(65535, torch.float16)
-    with pytest.raises(ValueError, match="65536 codes do not fit"):
-        HistoryBuffer(4, (1,), seed=0, dtype=torch.bfloat16, levels=65535)
+    assert codes_fit(65534, torch.float32)
+    assert not codes_fit(65534, torch.bfloat16) and not codes_fit(65534, torch.float16)
+    with pytest.raises(ValueError, match="65535 codes do not fit"):
+        HistoryBuffer(4, (1,), seed=0, dtype=torch.bfloat16, levels=65534)
+
+
+def test_the_codes_are_the_datas_own_values():
+    # uint8 eyes and uint16 depth crops: every value the loader makes is a code, kept exactly.
+    eyes = to_unit_range(torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16))
+    depth = to_unit_range(torch.arange(1, 65536, dtype=torch.int32).view(1, 1, 5, 13107))
+    for images, dtype in ((eyes, "uint8"), (depth, "uint16")):
+        buf = HistoryBuffer(1, tuple(images.shape[1:]), seed=0, levels=CODE_LEVELS[dtype])
+        buf.push(images)
+        torch.testing.assert_close(buf.images, images, rtol=0, atol=1e-6)
+        assert quantize(images, CODE_LEVELS[dtype]).unique().numel() == images.numel()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
