@@ -853,7 +853,8 @@ def ensure_builtin_shards(
     size: int = 224,
 ) -> Path:
     """Shard set of a built-in simulator (``sim``: eyes, or hands with ``size`` x ``size``
-    crops), created under ``cache_dir`` on first use.
+    crops), created under ``cache_dir`` on first use (with ``progress``, naming the set it
+    makes and how far along it is, also in a log).
 
     The trainer calls this on the main process before the other ranks, so normally only one
     process converts. Creation is still safe under races: each caller writes into its own temp
@@ -866,15 +867,17 @@ def ensure_builtin_shards(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
     try:
-        # The writer side is needed only on a cache miss.
+        # The writer side is needed only on a cache miss. Progress names the final directory.
         if sim == "hands":
             from shards.sources.sim_hands import convert_sim_hands
 
-            convert_sim_hands(tmp, domain, count, seed, size=size, progress=progress)
+            convert_sim_hands(
+                tmp, domain, count, seed, size=size, progress=progress, shown_as=final
+            )
         else:
             from shards.cli import convert_sim_eyes
 
-            convert_sim_eyes(tmp, domain, count, seed, progress=progress)
+            convert_sim_eyes(tmp, domain, count, seed, progress=progress, shown_as=final)
         try:
             os.rename(tmp, final)
         except OSError:

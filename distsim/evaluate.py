@@ -212,6 +212,7 @@ def train_and_test_many(
         loader = make_train_loader(
             train_dir, batch_size, rank, world_size, seed, num_workers, train_count
         )
+        _log(rank, f"training the gaze estimator on {used:,} images of {train_dir}", progress)
         with loader:
             losses = fit(
                 model, opt, _gaze_batches(iter(loader), device), gaze_loss, steps,
@@ -222,6 +223,7 @@ def train_and_test_many(
     model.eval()
     reports = []
     for test_dir, test_manifest in zip(test_dirs, test_manifests, strict=True):
+        _log(rank, f"testing on the {test_manifest.count:,} images of {test_dir}", progress)
         test_started = time.perf_counter()
         error, pct, tested, within_thresholds = _test(
             model, test_dir, rank=rank, world_size=world_size, device=device, seed=seed,
@@ -539,6 +541,11 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator is None or accelerator.is_main_process:
             print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        # As distsim.train and distsim.refine: a process group left to the interpreter's exit
+        # can abort a finished rank (gloo's threads) and print C++ frames.
+        if accelerator is not None:
+            accelerator.end_training()
     return 0
 
 

@@ -23,7 +23,8 @@ from typing import Any, NamedTuple, Protocol
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
+
+from shards.progress import Progress
 
 
 class Prepared(NamedTuple):
@@ -99,7 +100,8 @@ def fit(
     run.model.train()
     loss_sum: torch.Tensor | None = None
     since = 0
-    bar = tqdm(total=steps, desc=desc, disable=not (progress and rank == 0))
+    # Progress, not a bare tqdm: on a log file (SLURM) it still prints how far along it is.
+    bar = Progress(steps, desc, unit="steps", enabled=progress and rank == 0)
     for step in range(1, steps + 1):
         x, y = next(batches)
         loss = loss_fn(run.model(x.to(run.input_dtype)).float(), y).mean()
@@ -113,7 +115,7 @@ def fit(
             if not math.isfinite(mean):
                 raise FloatingPointError(f"non-finite training loss at step {step}")
             losses.append({"step": step, "loss": mean})
-            bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
+            bar.set_postfix({"loss": f"{mean:.4f}"})
             loss_sum, since = None, 0
         bar.update(1)
     bar.close()

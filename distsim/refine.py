@@ -47,7 +47,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from distsim import data
 from distsim.checkpoint import (
@@ -66,6 +65,7 @@ from distsim.noise import indexed_noise
 from distsim.train import to_unit_range
 from shards.cliutil import non_negative_int, one_line, positive_int
 from shards.format import IMAGE_KEY, MANIFEST_NAME, Manifest, file_sha256
+from shards.progress import Progress
 from shards.writer import ShardSetWriter
 
 PARTS_DIR = ".parts"
@@ -276,12 +276,12 @@ def refine_shards(
         with (
             loader,
             torch.inference_mode(),
-            tqdm(
-                total=sum(sizes),
-                disable=not (progress and rank == 0),
-                desc="refine",
+            Progress(
+                sum(sizes),
+                "refine" if world_size == 1 else f"refine (rank 0 of {world_size})",
                 unit="img",
-                dynamic_ncols=True,
+                enabled=progress and rank == 0,
+                where=out_dir,
             ) as bar,
         ):
             for batch in loader:
@@ -384,12 +384,8 @@ def _assemble(
             labels_for_evaluation_only=manifest.labels_for_evaluation_only,
             overwrite=overwrite,
         ) as writer,
-        tqdm(
-            total=manifest.count,
-            disable=not progress,
-            desc="write",
-            unit="img",
-            dynamic_ncols=True,
+        Progress(
+            manifest.count, "write shards", unit="img", enabled=progress, where=out_dir
         ) as bar,
     ):
         for path in sorted(parts.glob("*.npz")):  # zero-padded names: position order

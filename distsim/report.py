@@ -68,6 +68,11 @@ ROW_SETTINGS = ("preset", "simgan_flags", "train_count", "test_count", "estimato
                 "estimator_batch", "width_mult")  # fmt: skip
 
 
+def say(text: str) -> None:
+    """What the report starts on, on stderr (its stages' own progress follows)."""
+    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+
 def row_name(variant: str) -> str:
     return "refined" if variant == "simgan" else f"refined ({variant})"
 
@@ -123,7 +128,7 @@ def refine_with(ckpt: Path, synthetic: Path, out: Path, weights: str = "auto") -
             return out
     refiner, info, trained_shape = load_refiner(ckpt, weights)
     refine_shards(refiner, synthetic, out, checkpoint=info, trained_shape=trained_shape,
-                  num_workers=0)  # fmt: skip
+                  num_workers=0, progress=True)  # fmt: skip
     return out
 
 
@@ -144,21 +149,20 @@ def run_seed(
     n = args.train_count
     syn = work / f"synthetic-s{seed}"
     if not (syn / "manifest.json").is_file():
-        convert_sim_eyes(syn, "synthetic", 4 * n, SYNTHETIC_SEED + seed, progress=False)
+        convert_sim_eyes(syn, "synthetic", 4 * n, SYNTHETIC_SEED + seed)
     tests = {}
     for domain in args.domains:
         # The "real" domain keeps its earlier directory name, so earlier reports resume.
         tests[domain] = work / (f"real-test-s{seed}" if domain == "real" else
                                 f"{domain}-test-s{seed}")  # fmt: skip
         if not (tests[domain] / "manifest.json").is_file():
-            convert_sim_eyes(tests[domain], domain, args.test_count, TEST_SEED + seed,
-                             progress=False)  # fmt: skip
+            convert_sim_eyes(tests[domain], domain, args.test_count, TEST_SEED + seed)
 
     def estimate(train_dir: Path, count: int, domains: list[str]) -> list[dict[str, Any]]:
         return train_and_test_many(
             train_dir, [tests[d] for d in domains], steps=args.estimator_steps,
             batch_size=args.estimator_batch, seed=seed, train_count=count,
-            width_mult=args.width_mult, num_workers=0,
+            width_mult=args.width_mult, num_workers=0, progress=True,
         )  # fmt: skip
 
     entry: dict[str, Any] = {"seed": seed, "domains": {}}
@@ -173,6 +177,7 @@ def run_seed(
     for name, count in (("synthetic", n), ("synthetic 4x", 4 * n)):
         missing = [d for d in args.domains if name not in entry["domains"][d]["rows"]]
         if missing:
+            say(f"seed {seed}: row '{name}' ({count:,} synthetic eyes) for {', '.join(missing)}")
             for d, result in zip(missing, estimate(syn, count, missing), strict=True):
                 entry["domains"][d]["rows"][name] = result
     for domain in args.domains:
@@ -201,9 +206,10 @@ def run_simgan(
     flags = ["--preset", args.preset, *shlex.split(args.simgan_flags)]
     cfg = dataclasses.replace(
         resolve(flags), seed=seed, run_dir=str(work / f"run-{tag}"), builtin_real=domain,
-        cache_dir=str(work / "cache"), progress=False, resume="auto", keep_checkpoints=0,
+        cache_dir=str(work / "cache"), progress=True, resume="auto", keep_checkpoints=0,
         **VARIANTS[variant],
     )  # fmt: skip
+    say(f"seed {seed}, {domain}: SimGAN '{variant}' in {cfg.run_dir}")
     final = resolve_checkpoint(training_loop(cfg))
     refined = refine_with(final, syn, work / f"refined-{tag}")
     # A new SimGAN run makes a new refined set, so none of its old rows stand.

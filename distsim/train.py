@@ -14,6 +14,7 @@ pipeline take ranks, devices and seeds as arguments.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import signal
 import sys
@@ -59,7 +60,7 @@ from distsim.guards import (
     named_state,
     tensor_checksums,
 )
-from distsim.history import HistoryBuffer, deal, merged_images
+from distsim.history import CODE_LEVELS, HistoryBuffer, codes_fit, deal, merged_images
 from distsim.images import depth_grid, grid, plot_curves, save_png, titled
 from distsim.losses import PSI
 from distsim.models import GaussianBlur
@@ -202,6 +203,7 @@ def prepare_data(cfg: Config, accelerator: Accelerator) -> tuple[Path, Path, dat
                         cfg.builtin_count,
                         cfg.builtin_seed,
                         cache,
+                        progress=cfg.progress,
                         sim=cfg.builtin_sim,
                         size=cfg.builtin_size,
                     )  # fmt: skip
@@ -262,7 +264,16 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, world: int) -> torch.
     if world == 1:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids, **_NO_BUFFER_SYNC)
+
+
+# No buffer broadcast in forward (R and D hold no buffers; the rank check compares weights).
+# torch 2.13 renamed the flag, and its old name prints a FutureWarning on every rank.
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 # (rank, world_size, synthetic start, real start) -> endless image batches per domain, each
@@ -373,6 +384,7 @@ class Run:
 
         self.syn_dir, self.real_dir, manifest = prepare_data(cfg, accelerator)
         self.image_shape = tuple(manifest.image_shape)  # (C, H, W)
+        self.image_dtype = manifest.image_dtype
         # uint16 shards are depth crops (shards.depth): colour grids, invalid pixels filled.
         self.depth = manifest.image_dtype == "uint16"
         channels = self.image_shape[0]
@@ -526,7 +538,12 @@ class Run:
                     "it larger or use --history-mode replicated"
                 )
         dtype = history_dtype(self.precision)
-        return HistoryBuffer(capacity, self.image_shape, seed=seed, device=self.device, dtype=dtype)
+        # Rounded to the data's own codes, so checkpoints store them (distsim/history.py).
+        levels = CODE_LEVELS.get(self.image_dtype)
+        levels = levels if levels is not None and codes_fit(levels, dtype) else None
+        return HistoryBuffer(
+            capacity, self.image_shape, seed=seed, device=self.device, dtype=dtype, levels=levels
+        )
 
     def _resume_history(self, state: dict[str, Any]) -> None:
         """The checkpoint's buffer, exactly when its layout is this run's; re-dealt otherwise."""
@@ -535,17 +552,22 @@ class Run:
         if shards is None and state["history"] is None:
             self.notes.append("the checkpoint has no history buffer: it starts empty")
             return
+        saved = shards if shards is not None else [state["history"]]
         if shards is None and not self.sharded:
             self.history.load_state_dict(state["history"])  # a global buffer: any world size
         elif shards is not None and self.sharded and len(shards) == self.world:
             self.history.load_state_dict(shards[self.rank])
         else:
-            images = merged_images(shards if shards is not None else [state["history"]])
             rank, world = (self.rank, self.world) if self.sharded else (0, 1)
-            deal(images, self.history, rank, world)
+            deal(merged_images(saved), self.history, rank, world)
             before = f"sharded over {len(shards)} ranks" if shards is not None else "replicated"
             now = f"sharded over {self.world} ranks" if self.sharded else "replicated"
             self.notes.append(f"history buffer {before} -> {now}: its images were re-dealt")
+        if self.history.levels is not None and any("codes" not in s for s in saved):
+            self.notes.append(
+                "history buffer saved at full precision (before buffers held the data's "
+                f"{self.history.levels + 1} codes): its images were rounded to them"
+            )
 
     # --- the updates, with their guards ------------------------------------------------------
 

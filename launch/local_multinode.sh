@@ -16,6 +16,16 @@
 # and refuses to start. With static, node rank 0 hosts the store and node rank 1 only
 # connects (retrying until rank 0 is up), so start order does not matter. On a real cluster
 # the nodes have different addresses and c10d is the better choice (the sbatch scripts use it).
+#
+# Teardown: a finished run prints nothing after the trainer's summary. Each rank destroys its
+# process groups before exiting (distsim.train.main); left to interpreter shutdown, gloo's
+# threads could abort a finished rank. One run (2026-11, before that) exited 0 after printing
+# about 30 C++ stack frames ("frame #N: ..."); 17 runs since (9 in a row, 8 two at a time on 2
+# busy cores) printed none, and tests/test_launch.py fails on such lines. If they come back:
+# with static rendezvous the TCPStore lives in node 0's torchrun agent, and an agent that
+# loses it during torchrun's exit barrier logs the store error and its C++ frames and still
+# exits 0 (torch.distributed.elastic's _exit_barrier catches it); TORCH_CPP_LOG_LEVEL=ERROR
+# hides the C++ side of such warnings, but also the useful ones, so it is not set here.
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from distsim.checkpoint import latest_checkpoint, load_state
 from distsim.config import make_config
+from distsim.history import state_images
 from distsim.losses import psi_standardized
 from distsim.models import Discriminator, Refiner
 from distsim.step import SimGANStep
@@ -55,7 +56,7 @@ def test_smoke_training_in_bf16(tmp_path):
     scalars = _scalars(run)
     assert all(torch.isfinite(torch.tensor(scalars[t])).all() for t in ("r_loss", "d_loss"))
     assert json.loads((run / "config.json").read_text())["mixed_precision"] == "bf16"
-    history = load_state(run)["history"]["images"]
+    history = state_images(load_state(run)["history"])
     assert history.dtype == torch.bfloat16 and history.shape[0] > 0
 
 

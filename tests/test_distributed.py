@@ -94,7 +94,10 @@ def test_two_ranks_at_b_equal_one_rank_at_2b(tmp_path):
     # 7 D steps x 4 images: full after 4 steps, then 3 pushes replaced random slots.
     assert h1["count"] == h2["count"] == 16
     assert torch.equal(h1["generator"], h2["generator"])  # same slot choices were made
-    torch.testing.assert_close(h2["images"], h1["images"], rtol=1e-4, atol=1e-5)
+    # Both hold the data's 8-bit codes of the same images; a rounding difference of the
+    # weights can move a pixel that lay within ~1e-6 of half a code to its neighbour.
+    c1, c2 = h1["codes"].int(), h2["codes"].int()
+    assert (c1 - c2).abs().max() <= 1 and (c1 != c2).float().mean() < 1e-3
     assert s1["counters"] == s2["counters"]
 
     # Communication per D step, measured by a DDP comm hook and at the gather, on rank 0:
@@ -271,7 +274,7 @@ def test_sharded_history_trains_saves_every_shard_and_resumes_on_one_rank(tmp_pa
     for shard in state["history_shards"]:
         assert shard["capacity"] == 16 and shard["count"] == min(16, d_steps * 4)
     # The two ranks' shards hold different images: each kept its own.
-    a, b = (s["images"] for s in state["history_shards"])
+    a, b = (s["codes"] for s in state["history_shards"])
     assert not torch.equal(a, b)
     assert "comm/d_history_bytes_per_step" not in scalars(run_dir)  # nothing exchanged
     # One process goes on with the same run: the shards are re-dealt into one buffer.

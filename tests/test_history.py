@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from distsim.history import HistoryBuffer
+from distsim.history import (
+    CODE_LEVELS,
+    HistoryBuffer,
+    codes_fit,
+    dequantize,
+    quantize,
+    state_images,
+)
+from distsim.train import to_unit_range
 
 
 def _imgs(start: int, n: int) -> torch.Tensor:
@@ -88,3 +96,82 @@ def test_bad_arguments():
         HistoryBuffer(0, (1,), seed=0)
     with pytest.raises(ValueError, match="cannot push"):
         HistoryBuffer(2, (1, 2, 3), seed=0).push(_imgs(0, 3))
+
+
+def _refined(n: int, seed: int) -> torch.Tensor:
+    # Like R's output: tanh, so in (-1, 1), and almost never on an 8-bit code.
+    return torch.randn((n, 1, 5, 7), generator=torch.Generator().manual_seed(seed)).tanh()
+
+
+def test_which_codes_fit_which_buffer():
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert codes_fit(255, dtype)
+    assert codes_fit(65534, torch.float32)
+    assert not codes_fit(65534, torch.bfloat16) and not codes_fit(65534, torch.float16)
+    with pytest.raises(ValueError, match="65535 codes do not fit"):
+        HistoryBuffer(4, (1,), seed=0, dtype=torch.bfloat16, levels=65534)
+
+
+def test_the_codes_are_the_datas_own_values():
+    # uint8 eyes and uint16 depth crops: every value the loader makes is a code, kept exactly.
+    eyes = to_unit_range(torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16))
+    depth = to_unit_range(torch.arange(1, 65536, dtype=torch.int32).view(1, 1, 5, 13107))
+    for images, dtype in ((eyes, "uint8"), (depth, "uint16")):
+        buf = HistoryBuffer(1, tuple(images.shape[1:]), seed=0, levels=CODE_LEVELS[dtype])
+        buf.push(images)
+        torch.testing.assert_close(buf.images, images, rtol=0, atol=1e-6)
+        assert quantize(images, CODE_LEVELS[dtype]).unique().numel() == images.numel()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_coded_buffer_holds_codes_and_round_trips_bitwise(dtype):
+    a = HistoryBuffer(12, (1, 5, 7), seed=3, dtype=dtype, levels=255)
+    for k in range(6):
+        a.push(_refined(4, k))
+    # Every pixel is one of the 8-bit codes k / 127.5 - 1, the nearest to what was pushed.
+    codes = quantize(a.images, 255)
+    assert torch.equal(dequantize(codes, 255).to(dtype), a.images)
+    assert codes.min() >= 0 and codes.max() <= 255
+    state = a.state_dict()
+    assert "images" not in state and state["codes"].dtype == torch.uint8
+    assert state["dtype"] == str(dtype).removeprefix("torch.")
+    b = HistoryBuffer(12, (1, 5, 7), seed=99, dtype=dtype, levels=255)
+    b.load_state_dict(state)
+    assert torch.equal(a.images, b.images) and len(a) == len(b)
+    for k in range(6, 9):  # and they go on alike: same slots, same contents
+        a.push(_refined(4, k))
+        b.push(_refined(4, k))
+        assert torch.equal(a.images, b.images)
+
+
+def test_coding_moves_a_pixel_by_at_most_half_a_code():
+    buf = HistoryBuffer(8, (1, 5, 7), seed=0, levels=255)
+    x = _refined(8, 0)
+    buf.push(x)
+    assert (buf.images - x).abs().max() <= 0.5 / 127.5 + 1e-6
+
+
+def test_a_coded_buffer_is_one_byte_a_pixel_on_disk(tmp_path):
+    buf = HistoryBuffer(640, (1, 35, 55), seed=0, levels=255)
+    for k in range(10):
+        buf.push(torch.randn(64, 1, 35, 55, generator=torch.Generator().manual_seed(k)).tanh())
+    torch.save(buf.state_dict(), tmp_path / "h.pt")
+    pixels = 640 * 35 * 55
+    assert (tmp_path / "h.pt").stat().st_size < pixels + 20_000  # float32 was 4 x pixels
+
+
+def test_full_precision_states_load_rounded_to_the_codes():
+    # What checkpoints held before buffers were coded: float images, any values in [-1, 1].
+    old = HistoryBuffer(8, (1, 5, 7), seed=4)
+    old.push(_refined(6, 1))
+    state = old.state_dict()
+    assert "images" in state and "codes" not in state
+    assert torch.equal(state_images(state), old.images[:6])
+    same = HistoryBuffer(8, (1, 5, 7), seed=0)  # uncoded (float data): loads as it was
+    same.load_state_dict(state)
+    assert torch.equal(same.images, old.images)
+    coded = HistoryBuffer(8, (1, 5, 7), seed=0, levels=255)
+    coded.load_state_dict(state)
+    assert len(coded) == 6
+    assert torch.equal(coded.images[:6], dequantize(quantize(old.images[:6], 255), 255))
+    assert torch.equal(coded.generator.get_state(), old.generator.get_state())

@@ -54,6 +54,9 @@ def test_local_multinode_trains_two_nodes_of_two(tmp_path):
            "--run-dir", str(run_dir), "--num-workers", "0", "--no-progress"]  # fmt: skip
     proc = _run_group(cmd, env, timeout=300, log=tmp_path / "out.txt")
     assert proc.returncode == 0, proc.stdout[-3000:]
+    # A clean teardown: no Python traceback, no C++ frames from c10d (launch/local_multinode.sh).
+    noise = [line for line in proc.stdout.splitlines() if "Traceback" in line or "frame #" in line]
+    assert not noise, proc.stdout[-6000:]
 
     cfg = make_config("smoke")
     total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
@@ -61,6 +64,35 @@ def test_local_multinode_trains_two_nodes_of_two(tmp_path):
     assert state_file.is_file(), sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert torch.load(state_file, map_location="cpu", weights_only=True)["world_size"] == 4
     assert json.loads((run_dir / "config.json").read_text())["preset"] == "smoke"
+
+
+@pytest.mark.parametrize(
+    "launch",
+    [
+        ["--config_file", "launch/accelerate_one_gpu.yaml"],
+        ["--config_file", "accelerate_config.yaml", "--num_processes", "2", "--mixed_precision",
+         "no"],
+    ],
+    ids=["one-process", "two-processes"],
+)  # fmt: skip
+def test_documented_launches_print_no_warnings(tmp_path, launch):
+    """`accelerate launch` with a config file fills in no defaults (it lists those it did, on
+    stderr), and nothing else warns either: with --no-progress, stderr stays empty."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "distsim/train.py",
+           "--preset", "smoke", "--builtin-count", "128", "--cache-dir", str(tmp_path / "cache"),
+           "--run-dir", str(tmp_path / "run"), "--no-progress", "--pretrain-r-steps", "1",
+           "--pretrain-d-steps", "1", "--steps", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ""
+    world = 2 if "2" in launch else 1
+    assert (
+        torch.load(
+            tmp_path / "run" / "checkpoints" / "step-00000003" / "state.pt", weights_only=True
+        )["world_size"]
+        == world
+    )
 
 
 @pytest.mark.parametrize("script", sorted(LAUNCH.glob("*.sh")) + SBATCH, ids=lambda p: p.name)

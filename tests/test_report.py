@@ -1,6 +1,7 @@
 """The Table 2 report end to end at toy scale: every row, every seed, the table and the plot."""
 
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -42,7 +43,15 @@ def test_report_runs_every_row_and_seed(tmp_path, capsys):
     assert first["synthetic"]["config"]["train_count"] == 64
     assert first["synthetic 4x"]["config"]["train_count"] == 256
     assert Image.open(out / "cumulative_error_real.png").size[0] > 300
-    assert "refined (no-history)" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "refined (no-history)" in captured.out
+    # On a log (not a terminal), every stage says what it makes, where, and that it finished.
+    work, err = out / "work", captured.err
+    assert f"sim-eyes synthetic -> {work / 'synthetic-s0'}: 256/256 img (100%)" in err
+    assert f"distsim.report: seed 1, real: SimGAN 'no-history' in {work}" in err
+    assert f"refine -> {work / 'refined-simgan-s0'}: 256/256 img (100%)" in err
+    assert "train estimator: 2/2 steps (100%)" in err
+    assert re.search(r"^adversarial: (\d+)/\1 updates \(100%\)", err, re.MULTILINE)  # SimGAN
     # Extra SimGAN flags reach every run; the variant and the seed still win.
     for name, history, seed in (("run-simgan-s1", True, 1), ("run-no-history-s0", False, 0)):
         cfg = json.loads((out / "work" / name / "config.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 from distsim import checkpoint as ckpt_mod
 from distsim.checkpoint import latest_checkpoint, list_checkpoints, load_state
 from distsim.config import make_config
+from distsim.history import state_images
 from distsim.train import main, training_loop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +38,7 @@ def _everything(run_dir):
     }
     state = load_state(last)
     h = state["history"]
-    tensors["history.images"] = h["images"]
+    tensors["history.images"] = state_images(h)
     tensors["history.generator"] = h["generator"]
     for name in ("opt_r", "opt_d"):
         for i, s in state[name]["state"].items():
@@ -45,24 +47,57 @@ def _everything(run_dir):
     return tensors, state
 
 
+def _as_full_precision_buffer(ckpt: Path) -> None:
+    """Rewrite a checkpoint's buffer as checkpoints held it before buffers were coded: float
+    images (here exactly the coded ones), with SHA256SUMS to match."""
+    state = load_state(ckpt)
+    h = state["history"]
+    state["history"] = {k: v for k, v in h.items() if k not in ("codes", "levels", "dtype")}
+    state["history"]["images"] = state_images(h)
+    torch.save(state, ckpt / "state.pt")
+    sums = ckpt / ckpt_mod.CHECKSUMS
+    lines = [line for line in sums.read_text().splitlines() if not line.endswith("  state.pt")]
+    lines.append(f"{ckpt_mod.file_sha256(ckpt / 'state.pt')}  state.pt")
+    sums.write_text("".join(f"{line}\n" for line in lines))
+
+
 def test_stop_and_resume_equals_never_stopping(tmp_path, capsys):
     # smoke: 2 + 2 pretraining steps, then 8 adversarial ones; the break is mid-adversarial.
     straight = training_loop(_cfg(tmp_path, "straight"))
     part = _cfg(tmp_path, "parts", steps=3)
     training_loop(part)
     assert [p.name for p in list_checkpoints(part.run_dir)] == ["step-00000007"]
+    # The same checkpoint with its buffer in the full-precision form of older checkpoints.
+    shutil.copytree(tmp_path / "parts", tmp_path / "old")
+    _as_full_precision_buffer(latest_checkpoint(tmp_path / "old"))
+    capsys.readouterr()
     training_loop(_cfg(tmp_path, "parts", resume="auto"))
     out = capsys.readouterr().out
     assert "resuming from" in out and "at step 7" in out and "changed: steps 3 -> 8" in out
+    assert "full precision" not in out
+    training_loop(_cfg(tmp_path, "old", resume="auto"))
+    assert "history buffer saved at full precision" in capsys.readouterr().out
 
     want, want_state = _everything(straight)
-    got, got_state = _everything(tmp_path / "parts")
-    assert want.keys() == got.keys()
-    for k in want:  # bitwise: same data position, same buffer choices, same optimiser moments
-        assert torch.equal(want[k], got[k]), k
-    assert want_state["counters"] == got_state["counters"]
+    for resumed in ("parts", "old"):
+        got, got_state = _everything(tmp_path / resumed)
+        assert want.keys() == got.keys()
+        for k in want:  # bitwise: same data position, buffer choices and optimiser moments
+            assert torch.equal(want[k], got[k]), (resumed, k)
+        assert want_state["counters"] == got_state["counters"]
+    assert got_state["history"]["codes"].dtype == torch.uint8  # saved coded from then on
     assert got_state["history"]["count"] == 24  # the buffer was full, then replaced into
     assert len(got_state["rng"]) == 1 and set(got_state["rng"][0]) >= {"torch", "numpy"}
+
+
+def test_a_checkpoint_costs_one_byte_per_buffered_pixel(tmp_path):
+    # A full buffer of 6400 eyes (the cpu preset's) was 49 MB of float32 in every checkpoint.
+    from benchmarks.checkpoint_size import measure
+
+    sizes = measure("smoke", "", tmp_path, history_size=6400)
+    pixels = 6400 * 35 * 55
+    assert pixels < sizes["state.pt"] < pixels + 100_000, sizes
+    assert sum(sizes.values()) < pixels + 200_000, sizes
 
 
 def test_resume_auto_starts_fresh_and_needs_a_run_dir(tmp_path):
@@ -148,11 +183,13 @@ def test_bf16_trains_on_cpu_and_keeps_a_bf16_buffer(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = load_state(run)
-    assert state["history"]["images"].dtype == torch.bfloat16
+    # Stored as 8-bit codes of a bf16 buffer, which they give back.
+    assert state["history"]["codes"].dtype == torch.uint8
+    assert state_images(state["history"]).dtype == torch.bfloat16
     assert state["history"]["count"] == 5 * 4  # 5 D steps x b/2
     weights = load_file(latest_checkpoint(run) / "refiner.safetensors")
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
-    images = state["history"]["images"].float()
+    images = state_images(state["history"]).float()
     assert math.isfinite(images.sum().item()) and images.abs().max() <= 1.0
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
 from shards.cliutil import non_negative_int, positive_int
 from shards.format import Manifest
+from shards.progress import Progress
 from shards.writer import LabelArg, ShardSetWriter
 
 T = TypeVar("T")
@@ -88,6 +88,7 @@ class Output:
     limit: int | None = None  # stop after this many images
     progress: bool = True
     overwrite: bool = False  # write into a directory holding other files (they are kept)
+    shown_as: Path | None = None  # the directory progress names, if not out_dir (a temp's final)
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -180,14 +181,16 @@ def simulator_output(
     workers: int,
     progress: bool,
     overwrite: bool,
+    shown_as: Path | None = None,
 ) -> Output:
-    """Check a simulator source's stream arguments; where and how to write its shards."""
+    """Check a simulator source's stream arguments; where and how to write its shards
+    (``shown_as``: see ``Output``)."""
     if domain not in domains:
         raise ValueError(f"unknown domain {domain!r}; expected one of {tuple(domains)}")
     if count < 1 or seed < 0:
         raise ValueError(f"count ({count}) must be >= 1 and seed ({seed}) >= 0")
     size = shard_size if isinstance(shard_size, ShardSize) else ShardSize(images=shard_size)
-    return Output(Path(out_dir), size, block_size, workers, None, progress, overwrite)
+    return Output(Path(out_dir), size, block_size, workers, None, progress, overwrite, shown_as)
 
 
 def run_simulator(
@@ -255,7 +258,7 @@ class WorkerPool:
     (multiprocessing.Pool's can deadlock its terminate() when a worker dies mid-operation),
     and at most two tasks per worker are in flight, which bounds memory.
 
-    Enter it before starting threads (e.g. a tqdm bar): workers are forked on entry. On any
+    Enter it before starting threads (e.g. a progress bar's): workers are forked on entry. On any
     exit, normal or not, the workers are terminated and joined, so none outlive the parent.
     """
 
@@ -366,8 +369,15 @@ def write_tasks(
             labels_for_evaluation_only=labels_for_evaluation_only,
             overwrite=output.overwrite,
         ) as writer,
-        # disable=None: no bar when stderr is not a terminal, so logs and errors stay clean.
-        tqdm(total=total, unit="img", desc=desc, disable=None if output.progress else True) as bar,
+        # A bar on a terminal, a line every half minute on a log (a SLURM job's), naming
+        # the set being written.
+        Progress(
+            total,
+            desc,
+            unit="img",
+            enabled=output.progress,
+            where=output.shown_as or output.out_dir,
+        ) as bar,  # fmt: skip
     ):
         for images, values in pool.map(tasks):
             if limit is not None and written + len(images) > limit:

@@ -51,9 +51,11 @@ def convert_sim_eyes(
     workers: int = 1,
     progress: bool = True,
     overwrite: bool = False,
+    shown_as: Path | None = None,
 ) -> Manifest:
     """Render ``count`` eyes from the built-in simulator into a shard set at ``out_dir``
-    (``overwrite``: see ``ShardSetWriter``)."""
+    (``overwrite``: see ``ShardSetWriter``; ``shown_as``: the directory progress names, when
+    ``out_dir`` is a temporary one that will be renamed)."""
     eyes = importlib.import_module("distsim.sim.eyes")
     output = simulator_output(
         out_dir,
@@ -66,6 +68,7 @@ def convert_sim_eyes(
         workers,
         progress,
         overwrite,
+        shown_as,
     )
     tasks = [(domain, seed, s, min(_CHUNK, count - s)) for s in range(0, count, _CHUNK)]
     real = domain != "synthetic"

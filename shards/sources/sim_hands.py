@@ -79,9 +79,11 @@ def convert_sim_hands(
     workers: int = 1,
     progress: bool = True,
     overwrite: bool = False,
+    shown_as: Path | None = None,
 ) -> Manifest:
     """Render ``count`` depth-hand crops of ``size`` x ``size`` from the built-in simulator
-    into a shard set at ``out_dir`` (``overwrite``: see ``ShardSetWriter``)."""
+    into a shard set at ``out_dir`` (``overwrite``: see ``ShardSetWriter``; ``shown_as``: the
+    directory progress names, when ``out_dir`` is a temporary one that will be renamed)."""
     hands = importlib.import_module("distsim.sim.hands")
     output = simulator_output(
         out_dir,
@@ -94,6 +96,7 @@ def convert_sim_hands(
         workers,
         progress,
         overwrite,
+        shown_as,
     )
     if size < _MIN_SIZE:
         raise ValueError(f"size ({size}) must be >= {_MIN_SIZE}")
