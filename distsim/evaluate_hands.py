@@ -465,4 +465,7 @@ def run_hands(args: Any, prog: str) -> int:
         if accelerator is None or accelerator.is_main_process:
             print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        if accelerator is not None:  # as distsim.evaluate's main
+            accelerator.end_training()
     return 0
