@@ -379,6 +379,36 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def add_deepspeed_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--deepspeed",
+        type=Path,
+        default=None,
+        metavar="CONFIG",
+        help="train through Accelerate's DeepSpeed plugin with this DeepSpeed JSON config "
+        "(launch/deepspeed_zero2.json: ZeRO-2, bf16 on GPUs); needs "
+        "pip install 'distsim[deepspeed]'",
+    )
+
+
+def launch_estimator(deepspeed_flag: Path | None, batch_size: int) -> tuple[Any, Prepare | None]:
+    """(Accelerator, prepare hook) for training an estimator: DeepSpeed when --deepspeed or the
+    launcher's Accelerate config asks for it, else DDP over several processes, else plain."""
+    from distsim import zero
+    from distsim.train import make_accelerator
+
+    launched = zero.launcher_config()  # an Accelerate config with a DeepSpeed JSON
+    if launched and deepspeed_flag and Path(launched).resolve() != deepspeed_flag.resolve():
+        raise ValueError(f"--deepspeed {deepspeed_flag} but the launcher's is {launched}")
+    deepspeed = deepspeed_flag or launched
+    if deepspeed:
+        config, info = zero.load_config(deepspeed, batch_size)
+        accelerator = zero.make_accelerator(config, info)
+        return accelerator, zero.DeepSpeed(accelerator, info)
+    accelerator = make_accelerator()  # CPU/gloo when launched without CUDA
+    return accelerator, Plain(accelerator.prepare_model) if accelerator.num_processes > 1 else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Score data sets by the estimators they train (paper section 4)."
@@ -413,15 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use only the first N training images (the paper's '4x more data' rows)",
     )
     g.add_argument("--log-every", type=positive_int, default=100, help="steps (100)")
-    g.add_argument(
-        "--deepspeed",
-        type=Path,
-        default=None,
-        metavar="CONFIG",
-        help="train through Accelerate's DeepSpeed plugin with this DeepSpeed JSON config "
-        "(launch/deepspeed_zero2.json: ZeRO-2, bf16 on GPUs); needs "
-        "pip install 'distsim[deepspeed]'",
-    )
+    add_deepspeed_arg(g)
     g.add_argument("--name", default=None, help="curve label in the plot (--train's name)")
     from distsim.evaluate_hands import add_hands_parser  # here: it imports this module
 
@@ -493,22 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         # Checked before Accelerate starts, so a bad path costs no process group.
         open_gaze_shards(args.train)
         open_gaze_shards(args.test)
-        from distsim import zero
-        from distsim.train import make_accelerator
-
-        launched = zero.launcher_config()  # an Accelerate config with a DeepSpeed JSON
-        if launched and args.deepspeed and Path(launched).resolve() != args.deepspeed.resolve():
-            raise ValueError(f"--deepspeed {args.deepspeed} but the launcher's is {launched}")
-        deepspeed = args.deepspeed or launched
-        prepare: Prepare | None = None
-        if deepspeed:
-            config, info = zero.load_config(deepspeed, args.batch_size)
-            accelerator = zero.make_accelerator(config, info)
-            prepare = zero.DeepSpeed(accelerator, info)
-        else:
-            accelerator = make_accelerator()  # CPU/gloo when launched without CUDA
-            if accelerator.num_processes > 1:
-                prepare = Plain(accelerator.prepare_model)
+        accelerator, prepare = launch_estimator(args.deepspeed, args.batch_size)
         report = train_and_test(
             args.train,
             args.test,

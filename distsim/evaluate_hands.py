@@ -34,20 +34,24 @@ Choices the paper leaves open, and ours:
 from __future__ import annotations
 
 import json
-import math
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from distsim import data
-from distsim.evaluate import _log, plot_cumulative, steps_for_epochs
-from distsim.fit import mean_over_ranks as _mean_over_ranks
+from distsim.evaluate import (
+    _log,
+    add_deepspeed_arg,
+    launch_estimator,
+    plot_cumulative,
+    steps_for_epochs,
+)
+from distsim.fit import Plain, Prepare, fit
 from distsim.handaug import (
     depth_to_unit,
     invert,
@@ -132,6 +136,7 @@ def train_and_test_hands_many(
     test_batch_size: int | None = None,
     thresholds: Sequence[float] = THRESHOLDS_PX,
     wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    prepare: Prepare | None = None,
     log_every: int = 100,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -185,7 +190,10 @@ def train_and_test_hands_many(
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = StackedHourglass(len(EVAL_JOINTS), stacks, width, depth, stem_stride).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    trained = wrap_model(model) if wrap_model is not None else model
+    if wrap_model is not None and prepare is not None:
+        raise ValueError("give at most one of wrap_model and prepare")
+    if prepare is None:
+        prepare = Plain(wrap_model)
     # Augmentation draws: a different stream per rank, on the device.
     gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + rank + 1)
 
@@ -196,38 +204,23 @@ def train_and_test_hands_many(
             train_dir, batch_size, rank, world_size, seed, num_workers, labels=(LABEL,),
             max_images=train_count,
         )  # fmt: skip
-        with loader:
-            batches = iter(loader)
-            trained.train()
-            loss_sum = torch.zeros((), device=device)
-            since = 0
-            bar = tqdm(total=steps, desc="train estimator", disable=not (progress and rank == 0))
-            for step in range(1, steps + 1):
-                batch = next(batches)
+
+        def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for batch in loader:
                 x = depth_to_unit(batch["image"].to(device, non_blocking=True))  # (B, 1, S, S)
                 joints = _joints(batch, device)  # (B, 14, 2)
                 matrix = random_affine(
                     x.shape[0], crop, size, gen, max_degrees=max_degrees,
                     max_shift=max_shift_frac * crop, scale_jitter=scale_jitter, device=device,
                 )  # fmt: skip
-                x = warp(x, matrix, size)  # (B, 1, N, N)
                 target = render(transform_points(matrix, joints), heat, stem_stride, sigma)
-                loss = heatmap_loss(trained(x), target).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
-                since += 1
-                if step % log_every == 0 or step == steps:
-                    mean = float(_mean_over_ranks(loss_sum / since))  # the one host sync
-                    if not math.isfinite(mean):
-                        raise FloatingPointError(f"non-finite training loss at step {step}")
-                    losses.append({"step": step, "loss": mean})
-                    bar.set_postfix(loss=f"{mean:.5f}", refresh=False)
-                    loss_sum.zero_()
-                    since = 0
-                bar.update(1)
-            bar.close()
+                yield warp(x, matrix, size), target  # (B, 1, N, N), (B, 14, h, w)
+
+        with loader:
+            losses = fit(
+                model, opt, pairs(), heatmap_loss, steps, prepare=prepare, rank=rank,
+                log_every=log_every, progress=progress,
+            )  # fmt: skip
     train_seconds = time.perf_counter() - train_started
 
     model.eval()
@@ -408,6 +401,7 @@ def add_hands_parser(tasks: Any) -> None:
         "--train-count", type=positive_int, default=None, help="use only the first N crops"
     )
     h.add_argument("--log-every", type=positive_int, default=100, help="steps (100)")
+    add_deepspeed_arg(h)
     h.add_argument("--name", default=None, help="curve label in the plot (--train's name)")
 
 
@@ -421,9 +415,8 @@ def run_hands(args: Any, prog: str) -> int:
     try:
         open_hand_shards(args.train)  # before Accelerate starts: a bad path costs no group
         open_hand_shards(args.test)
-        from distsim.train import make_accelerator
 
-        accelerator = make_accelerator()
+        accelerator, prepare = launch_estimator(args.deepspeed, args.batch_size)
         report = train_and_test_hands(
             args.train,
             args.test,
@@ -447,7 +440,7 @@ def run_hands(args: Any, prog: str) -> int:
             decode=args.decode,
             num_workers=args.num_workers,
             train_count=args.train_count,
-            wrap_model=accelerator.prepare_model if accelerator.num_processes > 1 else None,
+            prepare=prepare,
             log_every=args.log_every,
             progress=True,
         )
