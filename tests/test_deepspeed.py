@@ -143,6 +143,31 @@ def test_zero2_evaluate_reports_what_plain_training_does(tmp_path: Path) -> None
 
 
 @needs_deepspeed
+def test_zero2_evaluate_hands_reports_what_plain_training_does(tmp_path: Path) -> None:
+    """The hand estimator goes through the same loop and flag: same losses and metrics."""
+    sets = {}
+    for name, domain, count, seed in (("train", "synthetic", 64, 0), ("test", "real", 24, 1)):
+        sets[name] = tmp_path / name
+        args = ["--count", str(count), "--seed", str(seed), "--size", "32", "--out"]
+        assert (
+            shards_main(["convert", "sim-hands", "--domain", domain, *args, str(sets[name])]) == 0
+        )
+    common = ["hands", "--train", str(sets["train"]), "--test", str(sets["test"]),
+              "--steps", "4", "--log-every", "1", "--width", "8", "--depth", "1",
+              "--batch-size", "8", "--num-workers", "0"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    _run([sys.executable, "-m", "distsim.evaluate", *common, "--out", str(tmp_path / "ds"),
+          "--deepspeed", str(CONFIG)])  # fmt: skip
+    plain, ds = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("plain", "ds"))
+    assert [e["step"] for e in ds["train_loss"]] == [1, 2, 3, 4]
+    torch.testing.assert_close(
+        [e["loss"] for e in ds["train_loss"]], [e["loss"] for e in plain["train_loss"]], **TOL
+    )
+    torch.testing.assert_close(ds["mean_joint_error_px"], plain["mean_joint_error_px"], **TOL)
+    assert ds["within_max_pct"] == plain["within_max_pct"]
+
+
+@needs_deepspeed
 def test_bf16_zero2_returns_the_float32_master_weights(tmp_path: Path) -> None:
     plain, plain_losses = _plain_fit()
     state, losses = _deepspeed_fit(_shipped(bf16={"enabled": True}), tmp_path)
