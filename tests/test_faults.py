@@ -206,8 +206,15 @@ def test_ctrl_c_saves_a_checkpoint_and_a_second_aborts(tmp_path):
                    "--batch-size", "256", "--history-size", "512")  # fmt: skip
     _wait_for_training(tmp_path / "again", proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.1)
+    # Two signals before Python runs its handler count as one: send the second only once
+    # the first has been handled (its message is out), while the step still runs.
+    seen = ""
+    while "Ctrl-C again" not in seen:
+        line = proc.stderr.readline() if proc.stderr else ""
+        assert line, seen[-2000:]  # the process ended without handling the first Ctrl-C
+        seen += line
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
+    err = seen + err
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert not list_checkpoints(tmp_path / "again")
