@@ -304,24 +304,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "image_every": 1000,
         "ckpt_every": 2000,
     },
-    # The paper's eye method exactly, at the eyes preset's sizes: no noise input, pixel L1
-    # self-regularisation, no weight average, Adam's usual momentum.
-    "eyes-paper": {
-        "builtin_count": 200_000,
-        "batch_size": 64,
-        "history_size": 25_600,
-        "pretrain_r_steps": 1000,
-        "pretrain_d_steps": 200,
-        "steps": 20_000,
-        "num_workers": 2,
-        "log_every": 50,
-        "image_every": 1000,
-        "ckpt_every": 2000,
-        "refiner_noise": 0,
-        "psi": "identity",
-        "ema_halflife": 0.0,
-        "adam_beta1": 0.9,
-    },
     # The paper's hand settings: 7x7 kernels, 10 ResNet blocks, the hand discriminator, 500 R
     # and 200 D pretraining steps, K_g 2, K_d 1, on the built-in depth hands at 224x224 (a GPU
     # job). psi identity in both hand presets: depth crops share one code map (shards.depth),
@@ -372,6 +354,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "image_every": 100,
         "ckpt_every": 250,
     },
+}
+# The paper's eye method exactly, at the eyes preset's sizes: no noise input, pixel L1
+# self-regularisation, no weight average, Adam's usual momentum.
+PRESETS["eyes-paper"] = PRESETS["eyes"] | {
+    "refiner_noise": 0,
+    "psi": "identity",
+    "ema_halflife": 0.0,
+    "adam_beta1": 0.9,
 }
 
 
