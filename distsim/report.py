@@ -3,7 +3,7 @@
     python -m distsim.report gaze --out reports/gaze [--preset cpu] [--simgan-flags '...']
         [--domains real real-lit real-ir] [--seeds 0 1 2]
         [--variants simgan no-history global] [--train-count 20000] [--test-count 5000]
-        [--estimator-steps 1000] [--estimator-batch 128]
+        [--estimator-steps 1000] [--estimator-batch 128] [--no-4x]
 
 For each seed: render `4 * train-count` labelled synthetic eyes, and for each real domain
 `test-count` labelled real eyes (a stream SimGAN never sees). Train the paper's gaze
@@ -65,7 +65,9 @@ PUPIL_SAMPLE = 1000  # eyes used for the pupil-shift measurement
 LAST_WEIGHTS, BEST_BY_REALISM = "refined (last weights)", "refined (best by realism)"
 # Settings that change a row's number; rows made under other values are never reused.
 ROW_SETTINGS = ("preset", "simgan_flags", "train_count", "test_count", "estimator_steps",
-                "estimator_batch", "width_mult")  # fmt: skip
+                "estimator_batch", "width_mult", "no_4x")  # fmt: skip
+# What a report written before a setting existed ran with.
+SETTING_BEFORE = {"no_4x": "False"}
 
 
 def say(text: str) -> None:
@@ -93,7 +95,9 @@ def finished_seeds(out: Path, args: argparse.Namespace) -> dict[int, dict[str, A
         entries = earlier["seeds"]
         # Reports before resume existed did not store each entry's seed; their order is --seeds.
         order = ast.literal_eval(earlier["args"]["seeds"])
-        before = {k: earlier["args"][k] for k in ROW_SETTINGS}
+        before = {k: earlier["args"].get(k, SETTING_BEFORE.get(k)) for k in ROW_SETTINGS}
+        if None in before.values():
+            raise KeyError(next(k for k, v in before.items() if v is None))
     except (ValueError, KeyError, TypeError, SyntaxError) as err:
         raise ValueError(f"{path}: not a report this command wrote ({one_line(err)})") from err
     now = settings(args)
@@ -101,6 +105,9 @@ def finished_seeds(out: Path, args: argparse.Namespace) -> dict[int, dict[str, A
     if changed:
         k = changed[0]
         flag = "--" + k.replace("_", "-")
+        if k == "no_4x":
+            raise ValueError(f"{path}: made {'without' if before[k] == 'True' else 'with'} the "
+                             "4x rows; use another --out or the same settings")  # fmt: skip
         raise ValueError(
             f"{path}: made with {flag} {before[k]!r}, not {now[k]!r}; "
             "use another --out or the same settings"
@@ -149,7 +156,7 @@ def run_seed(
     n = args.train_count
     syn = work / f"synthetic-s{seed}"
     if not (syn / "manifest.json").is_file():
-        convert_sim_eyes(syn, "synthetic", 4 * n, SYNTHETIC_SEED + seed)
+        convert_sim_eyes(syn, "synthetic", n if args.no_4x else 4 * n, SYNTHETIC_SEED + seed)
     tests = {}
     for domain in args.domains:
         # The "real" domain keeps its earlier directory name, so earlier reports resume.
@@ -174,7 +181,7 @@ def run_seed(
             "realism": dict(old.get("realism", {})),
         }
     # The synthetic rows: one training each, tested on every domain that lacks them.
-    for name, count in (("synthetic", n), ("synthetic 4x", 4 * n)):
+    for name, count in (("synthetic", n), ("synthetic 4x", 4 * n))[: 1 if args.no_4x else 2]:
         missing = [d for d in args.domains if name not in entry["domains"][d]["rows"]]
         if missing:
             say(f"seed {seed}: row '{name}' ({count:,} synthetic eyes) for {', '.join(missing)}")
@@ -184,7 +191,7 @@ def run_seed(
         here = entry["domains"][domain]
         for variant in args.variants:
             name = row_name(variant)
-            wanted = [name, f"{name} 4x"]
+            wanted = [name] if args.no_4x else [name, f"{name} 4x"]
             if variant == "simgan":
                 wanted += [LAST_WEIGHTS, BEST_BY_REALISM]
             if all(k in here["rows"] for k in wanted) and name in here["pupil_shift_px"]:
@@ -201,6 +208,7 @@ def run_simgan(
 ) -> None:  # fmt: skip
     """Train one SimGAN variant against `domain` and fill its rows into `here`."""
     n = args.train_count
+    sample = min(PUPIL_SAMPLE, n if args.no_4x else 4 * n)  # of the synthetic eyes in `syn`
     name = row_name(variant)
     tag = f"{variant}-s{seed}" if domain == "real" else f"{variant}-{domain}-s{seed}"
     flags = ["--preset", args.preset, *shlex.split(args.simgan_flags)]
@@ -213,9 +221,10 @@ def run_simgan(
     final = resolve_checkpoint(training_loop(cfg))
     refined = refine_with(final, syn, work / f"refined-{tag}")
     # A new SimGAN run makes a new refined set, so none of its old rows stand.
-    here["rows"][name], here["rows"][f"{name} 4x"] = (
-        estimate(refined, n, [domain])[0], estimate(refined, 4 * n, [domain])[0])  # fmt: skip
-    here["pupil_shift_px"][name] = pupil_shift(syn, refined, min(PUPIL_SAMPLE, 4 * n))
+    here["rows"][name] = estimate(refined, n, [domain])[0]
+    if not args.no_4x:
+        here["rows"][f"{name} 4x"] = estimate(refined, 4 * n, [domain])[0]
+    here["pupil_shift_px"][name] = pupil_shift(syn, refined, sample)
     scores = realism_scores(cfg.run_dir)
     best = best_checkpoint(cfg.run_dir)
     here["realism"][name] = {
@@ -227,13 +236,13 @@ def run_simgan(
     if has_ema(final):
         raw = refine_with(final, syn, work / f"refined-{tag}-raw", weights="raw")
         here["rows"][LAST_WEIGHTS] = estimate(raw, n, [domain])[0]
-        here["pupil_shift_px"][LAST_WEIGHTS] = pupil_shift(syn, raw, min(PUPIL_SAMPLE, 4 * n))
+        here["pupil_shift_px"][LAST_WEIGHTS] = pupil_shift(syn, raw, sample)
     else:
         here["rows"][LAST_WEIGHTS] = here["rows"][name]
     if best is not None and best != final:
         chosen = refine_with(best, syn, work / f"refined-{tag}-best")
         here["rows"][BEST_BY_REALISM] = estimate(chosen, n, [domain])[0]
-        here["pupil_shift_px"][BEST_BY_REALISM] = pupil_shift(syn, chosen, min(PUPIL_SAMPLE, 4 * n))
+        here["pupil_shift_px"][BEST_BY_REALISM] = pupil_shift(syn, chosen, sample)
     else:
         here["rows"][BEST_BY_REALISM] = here["rows"][name]
 
@@ -301,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     gaze.add_argument("--estimator-steps", type=positive_int, default=1000)
     gaze.add_argument("--estimator-batch", type=positive_int, default=128)
     gaze.add_argument("--width-mult", type=float, default=1.0, help="estimator width")
+    gaze.add_argument(
+        "--no-4x", action="store_true",
+        help="leave out the 4x rows: a third fewer estimator trainings, a quarter of the "
+        "synthetic eyes to render and refine",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         work = args.out / "work"

@@ -167,3 +167,25 @@ def test_report_over_two_domains_shares_the_synthetic_rows_and_scores_realism(tm
     assert "+-" not in table
     for domain in ("real", "real-ir"):
         assert (out / f"cumulative_error_{domain}.png").is_file()
+
+
+def test_report_without_4x_rows_renders_only_the_1x_eyes_and_keeps_apart(tmp_path, capsys):
+    out = tmp_path / "report"
+    base = ["gaze", "--out", str(out), "--preset", "smoke", "--seeds", "0", "--domains", "real",
+            "--variants", "simgan", "--train-count", "32", "--test-count", "32",
+            "--estimator-steps", "2", "--estimator-batch", "16",
+            "--width-mult", "0.25"]  # fmt: skip
+    assert main([*base, "--no-4x"]) == 0
+    assert _rows((out / "table.md").read_text()) == [
+        "trained on", "synthetic", "refined", "refined (last weights)",
+        "refined (best by realism)",
+    ]  # fmt: skip
+    from distsim.data import open_shards
+
+    assert open_shards(out / "work" / "synthetic-s0").count == 32
+    assert open_shards(out / "work" / "refined-simgan-s0").count == 32
+    # The same OUT with the 4x rows would mix refined sets of two sizes: refused.
+    capsys.readouterr()
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip()
+    assert "made without the 4x rows" in err and "\n" not in err
