@@ -280,6 +280,8 @@ _NO_BUFFER_SYNC = (
 # (b, C, H, W). Replaces the shard loaders (tests feed the same global batches at any world
 # size); the starts are the batches each rank already consumed (resume).
 Streams = Callable[[int, int, int, int], tuple[Iterator[torch.Tensor], Iterator[torch.Tensor]]]
+# What checkpoint.find_resume returns: the checkpoint to resume (None: fresh) and what it skipped.
+Resume = tuple[Path | None, list[str]]
 
 # Exit status of a run stopped by SIGTERM/SIGUSR1 after saving: not 0 (the run is not done),
 # and distinct from errors (1, 2), so scripts can tell "resume me" from "broken".
@@ -345,7 +347,11 @@ class Run:
     """
 
     def __init__(
-        self, cfg: Config, accelerator: Accelerator | None, streams: Streams | None
+        self,
+        cfg: Config,
+        accelerator: Accelerator | None,
+        streams: Streams | None,
+        resume: Resume | None = None,
     ) -> None:
         cfg.validate()
         if cfg.resume == "auto" and not cfg.run_dir:
@@ -378,7 +384,9 @@ class Run:
         self.run_dir = Path(cfg.run_dir)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ValueError(f"{self.run_dir}: --run-dir exists and is not a directory")
-        resume_from, skipped = find_resume(cfg.resume, self.run_dir)
+        # Found already when the command line's settings were resolved: verifying every
+        # checkpoint's checksums again would read them all a second time.
+        resume_from, skipped = resume or find_resume(cfg.resume, self.run_dir)
         # Kept by retention until this run has saved a checkpoint of its own.
         self.resumed_from = resume_from
 
@@ -833,15 +841,20 @@ def work_units(cfg: Config, step: int) -> int:
 
 
 def training_loop(
-    cfg: Config, accelerator: Accelerator | None = None, *, streams: Streams | None = None
+    cfg: Config,
+    accelerator: Accelerator | None = None,
+    *,
+    streams: Streams | None = None,
+    resume: Resume | None = None,
 ) -> Path:
     """Run SimGAN training as configured; returns the run directory.
 
     Raises Preempted after saving a checkpoint if SIGTERM or SIGUSR1 arrived, and
     FloatingPointError naming the step and loss if a loss went non-finite (--on-nonfinite
-    stop), leaving the last checkpoint as it was.
+    stop), leaving the last checkpoint as it was. `resume`: what ``find_resume`` returned for
+    `cfg`, when the caller has it.
     """
-    run = Run(cfg, accelerator, streams)
+    run = Run(cfg, accelerator, streams, resume)
     counters, main_process = run.counters, run.accelerator.is_main_process
     total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
     bar = Progress(work_units(cfg, total), "train", unit="updates",
@@ -892,29 +905,32 @@ def training_loop(
     return run.run_dir
 
 
-def settings_for_resume(cfg: Config, given: set[str]) -> Config:
+def settings_for_resume(cfg: Config, given: set[str]) -> tuple[Config, Resume | None]:
     """A resume continues the run it resumes: every setting the command line did not give
     comes from that checkpoint's config, not from a preset (leaving a flag off must not
     change the run: once it reset --keep-checkpoints and deleted the checkpoints resumed
-    from). A fresh start, or --resume auto with no checkpoint yet, is `cfg` as it is."""
+    from). A fresh start, or --resume auto with no checkpoint yet, is `cfg` as it is. Also
+    returns the checkpoint found, for ``training_loop`` (None: nothing was looked up)."""
     if not cfg.resume or (cfg.resume == "auto" and not cfg.run_dir):
-        return cfg
-    ckpt, _ = find_resume(cfg.resume, cfg.run_dir)
+        return cfg, None
+    found = find_resume(cfg.resume, cfg.run_dir)
+    ckpt = found[0]
     if ckpt is None:
-        return cfg
+        return cfg, found
     saved = load_config(ckpt / "config.json")
     keep = given | {"run_dir", "resume", "progress"}
     if "mixed_precision" not in given:
         keep.add("mixed_precision")  # what this launch says (accelerate launch's flag)
     inherited = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in keep})
     inherited.validate()
-    return inherited
+    return inherited, found
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg, given = resolve_given(argv)
-        training_loop(settings_for_resume(cfg, given))
+        cfg, found = settings_for_resume(cfg, given)
+        training_loop(cfg, resume=found)
     except Preempted as stopped:
         print(f"distsim.train: {stopped}", file=sys.stderr)
         return EXIT_PREEMPTED

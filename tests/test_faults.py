@@ -38,7 +38,9 @@ def _one_line(capsys: pytest.CaptureFixture[str], *needles: str) -> str:
     return err[0]
 
 
-def test_resume_auto_skips_a_truncated_newest_checkpoint_and_says_why(tmp_path, capsys):
+def test_resume_auto_skips_a_truncated_newest_checkpoint_and_says_why(
+    tmp_path, capsys, monkeypatch
+):
     assert main(_flags(tmp_path, "run", "--steps", "6", "--ckpt-every", "4",
                        "--keep-checkpoints", "0")) == 0  # fmt: skip
     ckpts = list_checkpoints(tmp_path / "run")
@@ -48,7 +50,15 @@ def test_resume_auto_skips_a_truncated_newest_checkpoint_and_says_why(tmp_path, 
     assert "state.pt does not match its checksum" in str(verify_checkpoint(ckpts[-1]))
     assert verify_checkpoint(ckpts[-2]) is None
     capsys.readouterr()
+    verified = []
+    real_verify = ckpt_mod.verify_checkpoint
+    monkeypatch.setattr(
+        ckpt_mod, "verify_checkpoint", lambda c: verified.append(c.name) or real_verify(c)
+    )
     assert main(_flags(tmp_path, "run", "--resume", "auto", "--steps", "6")) == 0
+    # Each checkpoint's checksums are read once, not again when training starts.
+    assert verified == ["step-00000010", "step-00000008"]
+    monkeypatch.undo()
     out = capsys.readouterr().out
     assert "resuming from" in out and "step-00000008 at step 8" in out
     assert "skipped" in out and "step-00000010: state.pt does not match its checksum" in out
