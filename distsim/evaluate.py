@@ -510,13 +510,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
             return 2
         return 0
-    accelerator = None
-    try:
-        # Checked before Accelerate starts, so a bad path costs no process group.
-        open_gaze_shards(args.train)
-        open_gaze_shards(args.test)
-        accelerator, prepare = launch_estimator(args.deepspeed, args.batch_size)
-        report = train_and_test(
+
+    def train(accelerator: Any, prepare: Prepare | None) -> dict[str, Any]:
+        return train_and_test(
             args.train,
             args.test,
             rank=accelerator.process_index,
@@ -535,18 +531,42 @@ def main(argv: list[str] | None = None) -> int:
             log_every=args.log_every,
             progress=True,
         )
+
+    def summary(report: dict[str, Any]) -> str:
+        return (
+            f"mean error {report['mean_angular_error_deg']:.2f} deg, "
+            f"{report['within_7deg_pct']:.1f}% within 7 deg, "
+            f"{report['counts']['test_images']} test images"
+        )
+
+    return run_estimator(args, PROG, open_gaze_shards, train, write_report, summary)
+
+
+def run_estimator(
+    args: argparse.Namespace,
+    prog: str,
+    open_set: Callable[[Path], Any],
+    train: Callable[[Any, Prepare | None], dict[str, Any]],  # (Accelerator, prepare)
+    write: Callable[[dict[str, Any], Path, str | None], Any],
+    summary: Callable[[dict[str, Any]], str],
+) -> int:
+    """One `evaluate` task's command: check --train and --test with `open_set`, start
+    Accelerate (DeepSpeed, DDP or one process), `train(accelerator, prepare)`, write the report
+    and print `summary(report)` on the main process. 0, or 2 with one line for a bad input."""
+    accelerator = None
+    try:
+        # Checked before Accelerate starts, so a bad path costs no process group.
+        open_set(args.train)
+        open_set(args.test)
+        accelerator, prepare = launch_estimator(args.deepspeed, args.batch_size)
+        report = train(accelerator, prepare)
         if accelerator.is_main_process:
-            write_report(report, args.out, args.name)
-            print(
-                f"{PROG}: mean error {report['mean_angular_error_deg']:.2f} deg, "
-                f"{report['within_7deg_pct']:.1f}% within 7 deg, "
-                f"{report['counts']['test_images']} test images; wrote {args.out}/metrics.json",
-                flush=True,
-            )
+            write(report, args.out, args.name)
+            print(f"{prog}: {summary(report)}; wrote {args.out}/metrics.json", flush=True)
         accelerator.wait_for_everyone()
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         if accelerator is None or accelerator.is_main_process:
-            print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
+            print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
     finally:
         # As distsim.train and distsim.refine: a process group left to the interpreter's exit

@@ -47,8 +47,8 @@ from distsim import data
 from distsim.evaluate import (
     _log,
     add_deepspeed_arg,
-    launch_estimator,
     plot_cumulative,
+    run_estimator,
     steps_for_epochs,
 )
 from distsim.fit import Plain, Prepare, fit
@@ -407,17 +407,9 @@ def add_hands_parser(tasks: Any) -> None:
 
 def run_hands(args: Any, prog: str) -> int:
     """`evaluate hands`: 0, or 2 with one line on stderr for a bad input."""
-    import sys
 
-    from shards.cliutil import one_line
-
-    accelerator = None
-    try:
-        open_hand_shards(args.train)  # before Accelerate starts: a bad path costs no group
-        open_hand_shards(args.test)
-
-        accelerator, prepare = launch_estimator(args.deepspeed, args.batch_size)
-        report = train_and_test_hands(
+    def train(accelerator: Any, prepare: Any) -> dict[str, Any]:
+        return train_and_test_hands(
             args.train,
             args.test,
             rank=accelerator.process_index,
@@ -444,21 +436,12 @@ def run_hands(args: Any, prog: str) -> int:
             log_every=args.log_every,
             progress=True,
         )
-        if accelerator.is_main_process:
-            write_hands_report(report, args.out, args.name)
-            print(
-                f"{prog}: mean joint error {report['mean_joint_error_px']:.2f} px, "
-                f"{report['within_5px_pct']:.1f}% of frames within 5 px "
-                f"({PAPER_SIZE}x{PAPER_SIZE} scale), {report['counts']['test_images']} test "
-                f"crops; wrote {args.out}/metrics.json",
-                flush=True,
-            )
-        accelerator.wait_for_everyone()
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
-        if accelerator is None or accelerator.is_main_process:
-            print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-        return 2
-    finally:
-        if accelerator is not None:  # as distsim.evaluate's main
-            accelerator.end_training()
-    return 0
+
+    def summary(report: dict[str, Any]) -> str:
+        return (
+            f"mean joint error {report['mean_joint_error_px']:.2f} px, "
+            f"{report['within_5px_pct']:.1f}% of frames within 5 px "
+            f"({PAPER_SIZE}x{PAPER_SIZE} scale), {report['counts']['test_images']} test crops"
+        )
+
+    return run_estimator(args, prog, open_hand_shards, train, write_hands_report, summary)
