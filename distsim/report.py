@@ -1,4 +1,5 @@
-"""The paper's Table 2 experiment on the built-in eye benchmark, in one command.
+"""The paper's Table 2 experiment on the built-in eye benchmark, in one command (Table 4 on
+the built-in hands: `distsim.report hands`, distsim/report_hands.py).
 
     python -m distsim.report gaze --out reports/gaze [--preset cpu] [--simgan-flags '...']
         [--domains real real-lit real-ir] [--seeds 0 1 2]
@@ -77,14 +78,17 @@ def row_name(variant: str) -> str:
     return "refined" if variant == "simgan" else f"refined ({variant})"
 
 
-def settings(args: argparse.Namespace) -> dict[str, str]:
+def settings(args: argparse.Namespace, keys: tuple[str, ...] = ROW_SETTINGS) -> dict[str, str]:
     # report.json stores every argument as a string, so compare in that form.
-    return {k: str(getattr(args, k)) for k in ROW_SETTINGS}
+    return {k: str(getattr(args, k)) for k in keys}
 
 
-def finished_seeds(out: Path, args: argparse.Namespace) -> dict[int, dict[str, Any]]:
-    """Per-seed results an earlier report into `out` finished, if made with the same settings:
-    {seed: {"seed": s, "domains": {domain: {"rows": ..., ...}}}}."""
+def finished_seeds(
+    out: Path, args: argparse.Namespace, keys: tuple[str, ...] = ROW_SETTINGS
+) -> dict[int, dict[str, Any]]:
+    """Per-seed results an earlier report into `out` finished, if made with the same settings
+    (`keys`, the report's ROW_SETTINGS): {seed: {"seed": s, "domains": {domain: {"rows": ...,
+    ...}}}}."""
     path = out / "report.json"
     if not path.is_file():
         return {}
@@ -93,11 +97,11 @@ def finished_seeds(out: Path, args: argparse.Namespace) -> dict[int, dict[str, A
         entries = earlier["seeds"]
         # Reports before resume existed did not store each entry's seed; their order is --seeds.
         order = ast.literal_eval(earlier["args"]["seeds"])
-        before = {k: earlier["args"][k] for k in ROW_SETTINGS}
+        before = {k: earlier["args"][k] for k in keys}
     except (ValueError, KeyError, TypeError, SyntaxError) as err:
         raise ValueError(f"{path}: not a report this command wrote ({one_line(err)})") from err
-    now = settings(args)
-    changed = [k for k in ROW_SETTINGS if before[k] != now[k]]
+    now = settings(args, keys)
+    changed = [k for k in keys if before[k] != now[k]]
     if changed:
         k = changed[0]
         flag = "--" + k.replace("_", "-")
@@ -301,7 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     gaze.add_argument("--estimator-steps", type=positive_int, default=1000)
     gaze.add_argument("--estimator-batch", type=positive_int, default=128)
     gaze.add_argument("--width-mult", type=float, default=1.0, help="estimator width")
+    from distsim import report_hands  # it imports this module's helpers
+
+    report_hands.add_parser(tasks)
     args = parser.parse_args(argv)
+    if args.task == "hands":
+        return report_hands.run_report(args, PROG)
     try:
         work = args.out / "work"
         done = finished_seeds(args.out, args)
