@@ -70,23 +70,28 @@ def add_parser(tasks: Any) -> None:
         "3x: three times as many simulator poses (the paper's 3x is NYU's three camera "
         "views; the simulator has one camera). Presets: hands-cpu (64 px crops, 2 CPU "
         "cores) or hands (224 px, the paper's sizes: a GPU job).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    h.add_argument("--out", type=Path, required=True)
+    h.add_argument("--out", type=Path, required=True, default=argparse.SUPPRESS, help="directory")
     h.add_argument("--preset", default="hands-cpu", help="SimGAN preset (hands-cpu, hands)")
     h.add_argument(
         "--simgan-flags", default="",
         help="more train.py flags for the SimGAN runs, e.g. '--steps 500' (seed, run and "
         "cache directories are the report's; --builtin-size sets every set's crop size)",
     )  # fmt: skip
-    h.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    h.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one SimGAN run each")
     h.add_argument("--train-count", type=positive_int, default=2000,
                    help="N: crops of the 1x rows (3N for the 3x rows)")  # fmt: skip
     h.add_argument("--test-count", type=positive_int, default=500, help="held-out real crops")
-    h.add_argument("--estimator-steps", type=positive_int, default=600)
-    h.add_argument("--estimator-batch", type=positive_int, default=16)
-    h.add_argument("--estimator-width", type=positive_int, default=32, help="hourglass width")
-    h.add_argument("--estimator-depth", type=positive_int, default=2, help="down-samplings")
-    h.add_argument("--stem-stride", type=int, choices=(1, 2, 4), default=4)
+    # CPU sizes (benchmarks/hand_gap.py's); the paper's: width 256, depth 4 on 224 px crops.
+    h.add_argument("--estimator-steps", type=positive_int, default=600, help="training steps")
+    h.add_argument("--estimator-batch", type=positive_int, default=16, help="batch size")
+    h.add_argument("--estimator-width", type=positive_int, default=32,
+                   help="hourglass width (paper: 256)")  # fmt: skip
+    h.add_argument("--estimator-depth", type=positive_int, default=2,
+                   help="down-samplings per hourglass (paper: 4)")  # fmt: skip
+    h.add_argument("--stem-stride", type=int, choices=(1, 2, 4), default=4,
+                   help="input side / heatmap side")  # fmt: skip
 
 
 def simgan_config(args: argparse.Namespace) -> Config:
