@@ -28,6 +28,9 @@ seeds, the paper's Figure 9) and, under OUT/work/, the shard sets and SimGAN run
 
 Run again into the same OUT with the same settings, it reuses every row OUT/report.json holds
 (it is saved after each row), and a SimGAN run it cut short resumes from its last checkpoint.
+Seeds can run as separate processes into one OUT at the same time (`--seeds 0`, `--seeds 1`,
+... then `--seeds 0 1 2` for the table): each merges its seeds into OUT/report.json under a
+lock.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import io
 import json
 import shlex
@@ -201,10 +205,18 @@ def run_report(args: argparse.Namespace, prog: str) -> int:
         results = dict(done)  # seed -> entry; seeds this report was not asked for stay on record
 
         def save() -> None:
-            (args.out / "report.json").write_text(
-                json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                            "seeds": list(results.values())}, indent=2) + "\n"
-            )  # fmt: skip
+            # Processes may fill different seeds of one OUT at once (one per seed, on a shared
+            # machine): each merges its own seeds into what the file holds, under a lock.
+            with open(args.out / ".report.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                merged = finished_seeds(args.out, args, ROW_SETTINGS)
+                merged.update({s: results[s] for s in args.seeds if s in results})
+                results.update(merged)
+                report = {"args": {k: str(v) for k, v in vars(args).items()},
+                          "seeds": list(merged.values())}  # fmt: skip
+                tmp = args.out / "report.json.tmp"
+                tmp.write_text(json.dumps(report, indent=2) + "\n")
+                tmp.replace(args.out / "report.json")
 
         save()  # before the first run: the settings guard OUT/work even if this report dies
         for seed in args.seeds:

@@ -5,6 +5,7 @@ import json
 
 from PIL import Image
 
+from distsim import report_hands
 from distsim.report import main
 from distsim.report_hands import ROWS
 
@@ -24,8 +25,21 @@ def _rows(table: str) -> list[str]:
             if line.startswith("| ") and "---" not in line]  # fmt: skip
 
 
-def test_hands_report_runs_every_row_and_seed_then_reuses_them(tmp_path, capsys):
+def test_hands_report_runs_every_row_and_seed_then_reuses_them(tmp_path, capsys, monkeypatch):
     out = tmp_path / "report"
+    # Seed 1 runs as another report into the same OUT while seed 0's is under way (as two
+    # processes would): neither report loses the other's rows.
+    run_seed, others = report_hands.run_seed, []
+
+    def meanwhile(args, *rest):
+        if not others:
+            others.append("started")
+            others[0] = main(_argv(out, "--seeds", "1"))
+        return run_seed(args, *rest)
+
+    monkeypatch.setattr(report_hands, "run_seed", meanwhile)
+    assert main(_argv(out, "--seeds", "0")) == 0 and others == [0]
+    monkeypatch.undo()
     assert main(_argv(out, "--seeds", "0", "1")) == 0
     table = (out / "table.md").read_text()
     assert _rows(table) == ["trained on", *ROWS]
@@ -35,7 +49,7 @@ def test_hands_report_runs_every_row_and_seed_then_reuses_them(tmp_path, capsys)
         means = [float(c.split(" +- ")[0]) for c in cells]
         assert all(0 <= m <= 100 for m in means[:3]) and means[3] > 0
     report = json.loads((out / "report.json").read_text())
-    assert [e["seed"] for e in report["seeds"]] == [0, 1]
+    assert sorted(e["seed"] for e in report["seeds"]) == [0, 1]
     for entry in report["seeds"]:
         here = entry["domains"]["real"]
         assert set(here["rows"]) == set(ROWS)
