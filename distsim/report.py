@@ -110,8 +110,10 @@ def finished_seeds(
             "use another --out or the same settings"
         )
     done = {}
-    for entry, seed in zip(entries, order, strict=False):
-        seed = int(entry.get("seed", seed))
+    # Entries name their seed; only reports before that need --seeds' order, which a later
+    # call with fewer seeds than the file holds would cut short if zipped.
+    for i, entry in enumerate(entries):
+        seed = int(entry["seed"] if "seed" in entry else order[i])
         if "domains" not in entry:  # reports before several domains: the "real" domain only
             entry = {"domains": {"real": {k: v for k, v in entry.items() if k != "seed"}}}
         done[seed] = {"seed": seed, "domains": entry["domains"]}

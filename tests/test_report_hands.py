@@ -40,7 +40,9 @@ def test_hands_report_runs_every_row_and_seed_then_reuses_them(tmp_path, capsys,
     monkeypatch.setattr(report_hands, "run_seed", meanwhile)
     assert main(_argv(out, "--seeds", "0")) == 0 and others == [0]
     monkeypatch.undo()
+    err = capsys.readouterr().err
     assert main(_argv(out, "--seeds", "0", "1")) == 0
+    assert "row '" not in capsys.readouterr().err  # both seeds' rows were on record
     table = (out / "table.md").read_text()
     assert _rows(table) == ["trained on", *ROWS]
     assert "2 seed(s); +- is the standard deviation over seeds" in table
@@ -69,7 +71,6 @@ def test_hands_report_runs_every_row_and_seed_then_reuses_them(tmp_path, capsys,
         cfg = json.loads((out / "work" / f"run-simgan-s{s}" / "config.json").read_text())
         assert (cfg["seed"], cfg["builtin_sim"], cfg["history_size"]) == (s, "hands", 32)
     assert Image.open(out / "within_pixels.png").size[0] > 300
-    err = capsys.readouterr().err
     assert "distsim.report: seed 1: row 'refined 3x' (48 crops of refined-s1)" in err
     assert f"distsim.report: seed 0: SimGAN in {out / 'work' / 'run-simgan-s0'}" in err
 
