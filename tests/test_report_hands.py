@@ -93,6 +93,18 @@ def test_hands_report_runs_every_row_and_seed_then_reuses_them(tmp_path, capsys,
     assert "--estimator-steps '2', not '3'" in err
 
 
+def test_hands_report_rows_split_between_calls(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(_argv(out, "--seeds", "0", "--rows", "real", "synthetic 3x")) == 0
+    err = capsys.readouterr().err
+    assert "row 'real'" in err and "SimGAN" not in err and "no table yet" in err
+    assert not (out / "table.md").exists()
+    assert main(_argv(out, "--seeds", "0")) == 0  # makes only the other three rows
+    err = capsys.readouterr().err
+    assert "row 'refined 3x'" in err and "row 'real'" not in err and "row 'synthetic 3x'" not in err
+    assert _rows((out / "table.md").read_text()) == ["trained on", *ROWS]
+
+
 def test_hands_report_refuses_bad_input_in_one_line(tmp_path, capsys):
     out = tmp_path / "report"
     for argv, said in (
