@@ -302,7 +302,12 @@ def has_ema(path: str | Path) -> bool:
 
 def build_models(cfg: Config, channels: int) -> tuple[Refiner, Discriminator]:
     refiner = Refiner(
-        channels, cfg.refiner_width, cfg.refiner_blocks, cfg.refiner_kernel, cfg.refiner_noise
+        channels,
+        cfg.refiner_width,
+        cfg.refiner_blocks,
+        cfg.refiner_kernel,
+        cfg.refiner_noise,
+        cfg.refiner_output,
     )
     discriminator = Discriminator(channels, cfg.disc_widths, cfg.disc_arch)
     return refiner, discriminator

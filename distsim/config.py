@@ -61,6 +61,13 @@ class Config:
     # random sensor noise; see models.Refiner. Ours: 1 (BENCHMARKS.md, issue 10: with the
     # rest of the defaults it beat synthetic eyes on three differently made real domains).
     refiner_noise: int = 1
+    # How R's last layer makes an image: tanh (the paper) or residual (ours, the hand presets):
+    # input + a correction from a zero-initialised head, clamped to [-1, 1] with the gradient
+    # passed straight through. A depth crop's background is exactly the far plane (+1) in
+    # every real crop and tanh never reaches it, so D told refined crops by their background
+    # alone and R wrecked the hands to push it there (BENCHMARKS.md, issue 12); residual R
+    # starts as the exact identity and keeps the far plane exact.
+    refiner_output: str = "tanh"
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)
     # Feature transform for self-regularisation: identity (the paper, grey) | channel_mean (the
@@ -194,6 +201,7 @@ class Config:
             )
         choices = {
             "disc_arch": ("eyes", "hands"),
+            "refiner_output": ("tanh", "residual"),
             "psi": ("identity", "channel_mean", "standardized", "smooth"),
             "optimizer": ("adam", "sgd"),
             "on_bad_shard": ("raise", "skip"),
@@ -318,6 +326,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "builtin_count": 10_000,  # 1 GB of uint16 crops per domain
         "refiner_kernel": 7,
         "refiner_blocks": 10,
+        "refiner_output": "residual",
         "disc_arch": "hands",
         "psi": "identity",
         "lambda_reg": 0.5,  # as hands-cpu
@@ -345,6 +354,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "refiner_width": 16,
         "refiner_blocks": 4,
         "refiner_kernel": 5,
+        "refiner_output": "residual",
         "disc_arch": "hands",
         "disc_widths": (32, 32, 16, 16),
         "psi": "identity",
@@ -388,6 +398,8 @@ HELP: dict[str, str] = {
     "refiner_blocks": "refiner ResNet blocks (paper: 4 eyes, 10 hands)",
     "refiner_kernel": "refiner kernel size (paper: 3 eyes, 7 hands)",
     "refiner_noise": "channels of per-pixel noise fed to the refiner (0: none, the paper)",
+    "refiner_output": "refiner output: tanh (the paper) or residual (input + a zero-initialised "
+    "correction, clamped to [-1, 1]: exact identity at the start, exact far plane for depth)",
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
     "disc_blur": "Gaussian blur sigma (px) on the discriminator's inputs (0: none, the paper)",
@@ -533,6 +545,7 @@ def make_config(preset: str = "cpu", **overrides: Any) -> Config:
 # Values that reproduce what runs did before a field existed, for config.json files that
 # lack it (a default may change later; what an old run did may not).
 LEGACY: dict[str, Any] = {
+    "refiner_output": "tanh",
     "builtin_sim": "eyes",
     "builtin_size": 224,
     "builtin_real": "real",

@@ -34,6 +34,9 @@ class ResnetBlock(nn.Module):
         return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
 
 
+OUTPUTS = ("tanh", "residual")
+
+
 class Refiner(nn.Module):
     """conv k (width) -> `blocks` ResNet blocks -> conv 1x1 (channels) -> tanh.
 
@@ -42,6 +45,11 @@ class Refiner(nn.Module):
     `noise_channels` > 0 (not in the paper) feeds that many channels of per-pixel noise beside
     the image: a refiner is otherwise a deterministic function of its input and cannot make
     the per-image random sensor noise of real images, only texture that imitates it.
+
+    `output` "residual" (not in the paper; the hand presets) makes the image as input + the
+    head's correction, clamped to [-1, 1] with the gradient passed straight through, the
+    head starting at zero: R is then the exact identity before any training, and a value at
+    a limit (a depth crop's far plane, +1) stays exactly there, which tanh never reaches.
     """
 
     def __init__(
@@ -51,9 +59,12 @@ class Refiner(nn.Module):
         blocks: int = 4,
         kernel: int = 3,
         noise_channels: int = 0,
+        output: str = "tanh",
     ) -> None:
         super().__init__()
-        self.noise_channels = noise_channels
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        self.noise_channels, self.output = noise_channels, output
         self.stem = nn.Conv2d(
             channels + noise_channels, width, kernel, padding=kernel // 2, padding_mode="reflect"
         )
@@ -65,14 +76,23 @@ class Refiner(nn.Module):
                 self.stem.weight[:, channels:].zero_()
         self.blocks = nn.Sequential(*(ResnetBlock(width, kernel) for _ in range(blocks)))
         self.head = nn.Conv2d(width, channels, 1)
+        if output == "residual":
+            with torch.no_grad():
+                self.head.weight.zero_()
+                self.head.bias.zero_()
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        image = x  # (B, C, H, W)
         if self.noise_channels:
             if noise is None:
                 raise ValueError(f"this refiner takes {self.noise_channels} noise channels")
             x = torch.cat([x, noise.to(x.dtype)], dim=1)  # (B, C + noise, H, W)
         h = torch.relu(self.stem(x))  # (B, width, H, W)
-        return torch.tanh(self.head(self.blocks(h)))  # (B, C, H, W)
+        out = self.head(self.blocks(h))  # (B, C, H, W)
+        if self.output == "tanh":
+            return torch.tanh(out)
+        out = image + out
+        return out + (out.clamp(-1.0, 1.0) - out).detach()  # clamped; gradient straight through
 
 
 # Per-architecture layer geometry (kernel, stride) for the four convolutions and the pool,

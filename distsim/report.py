@@ -1,4 +1,5 @@
-"""The paper's Table 2 experiment on the built-in eye benchmark, in one command.
+"""The paper's Table 2 experiment on the built-in eye benchmark, in one command (Table 4 on
+the built-in hands: `distsim.report hands`, distsim/report_hands.py).
 
     python -m distsim.report gaze --out reports/gaze [--preset cpu] [--simgan-flags '...']
         [--domains real real-lit real-ir] [--seeds 0 1 2]
@@ -79,14 +80,17 @@ def row_name(variant: str) -> str:
     return "refined" if variant == "simgan" else f"refined ({variant})"
 
 
-def settings(args: argparse.Namespace) -> dict[str, str]:
+def settings(args: argparse.Namespace, keys: tuple[str, ...] = ROW_SETTINGS) -> dict[str, str]:
     # report.json stores every argument as a string, so compare in that form.
-    return {k: str(getattr(args, k)) for k in ROW_SETTINGS}
+    return {k: str(getattr(args, k)) for k in keys}
 
 
-def finished_seeds(out: Path, args: argparse.Namespace) -> dict[int, dict[str, Any]]:
-    """Per-seed results an earlier report into `out` finished, if made with the same settings:
-    {seed: {"seed": s, "domains": {domain: {"rows": ..., ...}}}}."""
+def finished_seeds(
+    out: Path, args: argparse.Namespace, keys: tuple[str, ...] = ROW_SETTINGS
+) -> dict[int, dict[str, Any]]:
+    """Per-seed results an earlier report into `out` finished, if made with the same settings
+    (`keys`, the report's ROW_SETTINGS): {seed: {"seed": s, "domains": {domain: {"rows": ...,
+    ...}}}}."""
     path = out / "report.json"
     if not path.is_file():
         return {}
@@ -95,13 +99,13 @@ def finished_seeds(out: Path, args: argparse.Namespace) -> dict[int, dict[str, A
         entries = earlier["seeds"]
         # Reports before resume existed did not store each entry's seed; their order is --seeds.
         order = ast.literal_eval(earlier["args"]["seeds"])
-        before = {k: earlier["args"].get(k, SETTING_BEFORE.get(k)) for k in ROW_SETTINGS}
+        before = {k: earlier["args"].get(k, SETTING_BEFORE.get(k)) for k in keys}
         if None in before.values():
             raise KeyError(next(k for k, v in before.items() if v is None))
     except (ValueError, KeyError, TypeError, SyntaxError) as err:
         raise ValueError(f"{path}: not a report this command wrote ({one_line(err)})") from err
-    now = settings(args)
-    changed = [k for k in ROW_SETTINGS if before[k] != now[k]]
+    now = settings(args, keys)
+    changed = [k for k in keys if before[k] != now[k]]
     if changed:
         k = changed[0]
         flag = "--" + k.replace("_", "-")
@@ -113,8 +117,10 @@ def finished_seeds(out: Path, args: argparse.Namespace) -> dict[int, dict[str, A
             "use another --out or the same settings"
         )
     done = {}
-    for entry, seed in zip(entries, order, strict=False):
-        seed = int(entry.get("seed", seed))
+    # Entries name their seed; only reports before that need --seeds' order, which a later
+    # call with fewer seeds than the file holds would cut short if zipped.
+    for i, entry in enumerate(entries):
+        seed = int(entry["seed"] if "seed" in entry else order[i])
         if "domains" not in entry:  # reports before several domains: the "real" domain only
             entry = {"domains": {"real": {k: v for k, v in entry.items() if k != "seed"}}}
         done[seed] = {"seed": seed, "domains": entry["domains"]}
@@ -315,7 +321,12 @@ def main(argv: list[str] | None = None) -> int:
         help="leave out the 4x rows: a third fewer estimator trainings, a quarter of the "
         "synthetic eyes to render and refine",
     )  # fmt: skip
+    from distsim import report_hands  # it imports this module's helpers
+
+    report_hands.add_parser(tasks)
     args = parser.parse_args(argv)
+    if args.task == "hands":
+        return report_hands.run_report(args, PROG)
     try:
         work = args.out / "work"
         done = finished_seeds(args.out, args)

@@ -72,6 +72,27 @@ def test_refiner_keeps_shape_and_range(channels, kernel, blocks, shape):
     assert n_convs == 2 + 2 * blocks
 
 
+def test_residual_refiner_starts_as_the_exact_identity_and_keeps_the_far_plane():
+    torch.manual_seed(0)
+    r = Refiner(1, 8, 2, 5, noise_channels=1, output="residual")
+    # A depth crop: far-plane background (+1), a hand in between, a near pixel at -1.
+    x = torch.ones(2, 1, 16, 16)
+    x[:, :, 4:12, 6:10] = torch.linspace(-0.9, 0.3, 8).view(8, 1)
+    x[:, :, 5, 7] = -1.0
+    noise = torch.randn(2, 1, 16, 16)
+    assert torch.equal(r(x, noise), x)  # exact, limits included: nothing to pretrain away
+    with torch.no_grad():
+        r.head.bias.fill_(0.5)  # a correction that pushes everything past the far plane
+    y = r(x, noise)
+    assert y.max() == 1.0 and y.min() >= -1.0 and (y[x == 1.0] == 1.0).all()
+    # The clamp passes the gradient straight through, so a pixel pushed past a limit can
+    # still be pulled back (a plain clamp would leave it stuck there).
+    y.sum().backward()
+    assert r.head.bias.grad.item() == x.numel()
+    with pytest.raises(ValueError, match="output must be one of"):
+        Refiner(1, 8, 1, 3, output="sigmoid")
+
+
 def _reference_adv(logits: np.ndarray, target: int) -> np.ndarray:
     """Per-image mean over patches of -log softmax, written out by hand."""
     b, _, h, w = logits.shape

@@ -1,0 +1,65 @@
+"""What a hand refiner does to the far plane and to the hand (issue 12, the hands-cpu check).
+
+    nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/hand_far_plane.py \
+        --synthetic ~/.cache/distsim/sim-hands-v1-synthetic-64px-n4096-s0 \
+        --real ~/.cache/distsim/sim-hands-v1-real-64px-n4096-s0 RUN/checkpoints/step-00000250 ...
+
+For the first 64 synthetic crops (depth in [-1, 1], background = the far plane, +1) and each
+checkpoint's raw and averaged refiner: the refined background's mean and the fraction of it
+that is exactly +1 (as 78 % of every real crop's pixels are, once holes are filled), the mean
+|change| on hand pixels, the fraction of hand pixels sent to the far plane (> 0.9: fingers
+erased) and of background pixels made hand (< 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout
+
+from distsim.data import first_images  # noqa: E402
+from distsim.depth import depth_to_unit  # noqa: E402
+from distsim.noise import indexed_noise  # noqa: E402
+from distsim.refine import load_refiner  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--synthetic", type=Path, required=True)
+    p.add_argument("--real", type=Path, required=True)
+    p.add_argument("--count", type=int, default=64)
+    p.add_argument("checkpoints", nargs="+", type=Path)
+    args = p.parse_args()
+    x = depth_to_unit(first_images(args.synthetic, args.count))  # (n, 1, S, S)
+    real = depth_to_unit(first_images(args.real, args.count))
+    print(f"real crops: {(real == 1.0).float().mean():.3f} of pixels exactly +1")
+    bg, hand = x == 1.0, x < 1.0
+    for ckpt in args.checkpoints:
+        for weights in ("raw", "ema"):
+            try:
+                refiner, _, _ = load_refiner(ckpt, weights)
+            except Exception as err:  # no average in this checkpoint
+                print(f"{ckpt.name} {weights}: {err}")
+                continue
+            channels = int(getattr(refiner, "noise_channels", 0))
+            with torch.no_grad():
+                if channels:
+                    noise = indexed_noise(range(len(x)), (channels, *x.shape[2:]), 0)
+                    y = refiner(x, noise)
+                else:
+                    y = refiner(x)
+            exact, erased = (y[bg] == 1.0).float().mean(), (y[hand] > 0.9).float().mean()
+            print(
+                f"{ckpt.name} {weights}: background mean {y[bg].mean():.5f}, exactly +1 "
+                f"{exact:.3f}; hand |change| {(y - x)[hand].abs().mean():.3f}, hand -> far "
+                f"{erased:.3f}, background -> hand {(y[bg] < 0.9).float().mean():.4f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
