@@ -80,6 +80,11 @@ def row_name(variant: str) -> str:
     return "refined" if variant == "simgan" else f"refined ({variant})"
 
 
+def synthetic_count(args: argparse.Namespace) -> int:
+    """Synthetic eyes rendered per seed: enough for the 4x rows unless they are left out."""
+    return args.train_count if args.no_4x else 4 * args.train_count
+
+
 def settings(args: argparse.Namespace, keys: tuple[str, ...] = ROW_SETTINGS) -> dict[str, str]:
     # report.json stores every argument as a string, so compare in that form.
     return {k: str(getattr(args, k)) for k in keys}
@@ -162,7 +167,7 @@ def run_seed(
     n = args.train_count
     syn = work / f"synthetic-s{seed}"
     if not (syn / "manifest.json").is_file():
-        convert_sim_eyes(syn, "synthetic", n if args.no_4x else 4 * n, SYNTHETIC_SEED + seed)
+        convert_sim_eyes(syn, "synthetic", synthetic_count(args), SYNTHETIC_SEED + seed)
     tests = {}
     for domain in args.domains:
         # The "real" domain keeps its earlier directory name, so earlier reports resume.
@@ -214,7 +219,7 @@ def run_simgan(
 ) -> None:  # fmt: skip
     """Train one SimGAN variant against `domain` and fill its rows into `here`."""
     n = args.train_count
-    sample = min(PUPIL_SAMPLE, n if args.no_4x else 4 * n)  # of the synthetic eyes in `syn`
+    sample = min(PUPIL_SAMPLE, synthetic_count(args))
     name = row_name(variant)
     tag = f"{variant}-s{seed}" if domain == "real" else f"{variant}-{domain}-s{seed}"
     flags = ["--preset", args.preset, *shlex.split(args.simgan_flags)]

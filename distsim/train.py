@@ -386,7 +386,9 @@ class Run:
             raise ValueError(f"{self.run_dir}: --run-dir exists and is not a directory")
         # Found already when the command line's settings were resolved: verifying every
         # checkpoint's checksums again would read them all a second time.
-        resume_from, skipped = resume or find_resume(cfg.resume, self.run_dir)
+        resume_from, skipped = (
+            resume if resume is not None else find_resume(cfg.resume, self.run_dir)
+        )
         # Kept by retention until this run has saved a checkpoint of its own.
         self.resumed_from = resume_from
 
