@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import fcntl
 import json
 import shlex
 import statistics
@@ -130,6 +131,37 @@ def finished_seeds(
             entry = {"domains": {"real": {k: v for k, v in entry.items() if k != "seed"}}}
         done[seed] = {"seed": seed, "domains": entry["domains"]}
     return done
+
+
+def save_report(
+    out: Path, args: argparse.Namespace, results: dict[int, dict[str, Any]],
+    keys: tuple[str, ...] = ROW_SETTINGS,
+) -> None:  # fmt: skip
+    """Write OUT/report.json: `results` ({seed: entry}) merged with what the file holds.
+
+    Processes may fill different seeds, domains or rows of one OUT at the same time (one per
+    core on a shared machine), so the merge runs under a lock on OUT/.report.lock, and the
+    file is replaced whole, so a reader never sees half of one. What another process added
+    (seeds, domains, rows, a domain's other records) is taken into `results` in place, so the
+    caller skips that work; nothing already in `results` is overwritten."""
+    with open(out / ".report.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = finished_seeds(out, args, keys)
+        for seed, mine in results.items():
+            for domain, theirs in merged.get(seed, {}).get("domains", {}).items():
+                here = mine["domains"].setdefault(domain, theirs)
+                for key, value in theirs.items():
+                    kept = here.setdefault(key, value)
+                    if isinstance(kept, dict) and isinstance(value, dict):
+                        for name, record in value.items():
+                            kept.setdefault(name, record)
+            merged[seed] = mine
+        results.update(merged)
+        report = {"args": {k: str(v) for k, v in vars(args).items()},
+                  "seeds": list(merged.values())}  # fmt: skip
+        tmp = out / "report.json.tmp"
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(out / "report.json")
 
 
 def pupil_shift(synthetic: Path, refined: Path, n: int) -> dict[str, float]:
@@ -341,10 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         def save(entry: dict[str, Any] | None = None) -> None:
             if entry is not None:
                 results[entry["seed"]] = entry
-            (args.out / "report.json").write_text(
-                json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                            "seeds": list(results.values())}, indent=2) + "\n"
-            )  # fmt: skip
+            save_report(args.out, args, results)
 
         # Saved before the first run starts, so the settings guard OUT/work even when this
         # report dies before finishing a domain, then after every domain, so that it keeps

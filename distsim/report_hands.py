@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import io
-import json
 import shlex
 import statistics
 import sys
@@ -49,7 +47,7 @@ from typing import Any
 
 from distsim.config import Config, resolve
 from distsim.evaluate_hands import plot_within_pixels, train_and_test_hands
-from distsim.report import _spread, finished_seeds, say, train_and_refine
+from distsim.report import _spread, finished_seeds, save_report, say, train_and_refine
 from shards.cliutil import one_line, positive_int
 from shards.sources.sim_hands import convert_sim_hands
 
@@ -208,27 +206,7 @@ def run_report(args: argparse.Namespace, prog: str) -> int:
         results = dict(done)  # seed -> entry; seeds this report was not asked for stay on record
 
         def save() -> None:
-            # Processes may fill different seeds of one OUT at once (one per seed, on a shared
-            # machine): each merges its own seeds into what the file holds, under a lock.
-            with open(args.out / ".report.lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                merged = finished_seeds(args.out, args, ROW_SETTINGS)
-                for seed in args.seeds:
-                    if seed in results and seed in merged:  # rows another process added
-                        theirs = merged[seed]["domains"][DOMAIN]
-                        mine = results[seed]["domains"][DOMAIN]
-                        for name, row in theirs.get("rows", {}).items():
-                            mine["rows"].setdefault(name, row)  # in place: run_seed skips it
-                        for key, value in theirs.items():
-                            mine.setdefault(key, value)
-                    if seed in results:
-                        merged[seed] = results[seed]
-                results.update(merged)
-                report = {"args": {k: str(v) for k, v in vars(args).items()},
-                          "seeds": list(merged.values())}  # fmt: skip
-                tmp = args.out / "report.json.tmp"
-                tmp.write_text(json.dumps(report, indent=2) + "\n")
-                tmp.replace(args.out / "report.json")
+            save_report(args.out, args, results, ROW_SETTINGS)
 
         save()  # before the first run: the settings guard OUT/work even if this report dies
         for seed in args.seeds:

@@ -189,3 +189,55 @@ def test_report_without_4x_rows_renders_only_the_1x_eyes_and_keeps_apart(tmp_pat
     assert main(base) == 2
     err = capsys.readouterr().err.strip()
     assert "made without the 4x rows" in err and "\n" not in err
+
+
+ROW_KEYS = ("preset", "train_count")
+
+
+def _save_many(out: str, seed: int, domain: str, rows: int) -> None:
+    """One report process: adds `rows` rows to (seed, domain), saving after each."""
+    import argparse
+    from pathlib import Path
+
+    from distsim.report import save_report
+
+    args = argparse.Namespace(**{k: "x" for k in ROW_KEYS}, seeds=[seed])
+    results = {seed: {"seed": seed, "domains": {domain: {"rows": {}}}}}
+    for i in range(rows):
+        results[seed]["domains"][domain]["rows"][f"row {i}"] = {"value": i}
+        save_report(Path(out), args, results, ROW_KEYS)
+
+
+def test_report_processes_sharing_an_out_merge_under_the_lock(tmp_path):
+    """Seeds and domains filled by separate processes at once all end up in report.json, and
+    what one process already holds is taken into another's results, never overwritten."""
+    import argparse
+    import multiprocessing
+
+    from distsim.report import finished_seeds, save_report
+
+    out = tmp_path / "report"
+    out.mkdir()
+    jobs = [(0, "real"), (0, "real-ir"), (1, "real")]
+    ctx = multiprocessing.get_context("fork")  # the child only writes JSON
+    procs = [ctx.Process(target=_save_many, args=(str(out), s, d, 20)) for s, d in jobs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    args = argparse.Namespace(**{k: "x" for k in ROW_KEYS}, seeds=[0, 1])
+    done = finished_seeds(out, args, ROW_KEYS)
+    assert sorted(done) == [0, 1]
+    assert sorted(done[0]["domains"]) == ["real", "real-ir"]
+    for s, d in jobs:
+        assert done[s]["domains"][d]["rows"] == {f"row {i}": {"value": i} for i in range(20)}
+    assert not (out / "report.json.tmp").exists()
+    # A process with a stale view: its own row stays, the file's rows join its results.
+    mine = {0: {"seed": 0, "domains": {"real": {"rows": {"row 0": {"value": -1}}}}}}
+    save_report(out, args, mine, ROW_KEYS)
+    assert mine[0]["domains"]["real"]["rows"]["row 0"] == {"value": -1}
+    assert mine[0]["domains"]["real"]["rows"]["row 19"] == {"value": 19}
+    assert sorted(mine) == [0, 1] and "real-ir" in mine[0]["domains"]
+    again = finished_seeds(out, args, ROW_KEYS)
+    assert again[0]["domains"]["real"]["rows"]["row 0"] == {"value": -1}
