@@ -176,18 +176,33 @@ class _Scene:
 
 
 def generate(
-    domain: str, count: int, seed: int, start: int = 0, size: int = DEFAULT_SIZE
+    domain: str,
+    count: int,
+    seed: int,
+    start: int = 0,
+    size: int = DEFAULT_SIZE,
+    look: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Samples start .. start+count-1 of the stream (domain, seed); see ``render``."""
     for name, value in (("count", count), ("start", start)):
         _check_int(name, value)
-    return render(domain, range(start, start + count), seed, size)
+    return render(domain, range(start, start + count), seed, size, look)
 
 
 def render(
-    domain: str, indices: Sequence[int] | np.ndarray, seed: int, size: int = DEFAULT_SIZE
+    domain: str,
+    indices: Sequence[int] | np.ndarray,
+    seed: int,
+    size: int = DEFAULT_SIZE,
+    look: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Crops for the given sample indices of the stream (domain, seed), in the given order.
+
+    `look` (default: `domain`) renders the stream's hands as the other domain shows them:
+    ``render("synthetic", i, s, look="real")`` gives the same hands, poses and crop boxes as
+    ``render("synthetic", i, s)`` in a room through the sensor model, which is what a perfect
+    refiner would make of them (benchmarks/hand_gap_split.py: how much of the domain gap is
+    appearance, the part refinement can close, and how much is the pose distribution).
 
     Returns {"image": uint16 (N, 1, size, size) depth codes (``shards.depth``, 0 invalid),
     "joints_uvd": float32 (N, 36, 3) crop pixels + mm, "joints_xyz": float32 (N, 36, 3) camera
@@ -205,6 +220,9 @@ def render(
     for i in indices:
         _check_int("index", i)
     dom = DOMAINS.index(domain)
+    if look is not None and look not in DOMAINS:
+        raise ValueError(f"unknown look {look!r}; expected one of {DOMAINS}")
+    shown = dom if look is None else DOMAINS.index(look)
     n = len(indices)
     out = {
         "image": np.zeros((n, 1, size, size), np.uint16),
@@ -217,8 +235,8 @@ def render(
     }
     for row, index in enumerate(indices):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(dom, index)))
-        scene = _sample_scene(rng, dom)
-        depth = _crop_depth(scene, rng, dom, size)  # (size, size) mm, NaN invalid
+        scene = _sample_scene(rng, dom, shown)
+        depth = _crop_depth(scene, rng, shown, size)  # (size, size) mm, NaN invalid
         out["image"][row, 0] = encode_depth(depth, float(scene.center[2]))
         u0, v0, b = scene.box
         out["joints_xyz"][row] = scene.joints
@@ -257,8 +275,11 @@ def _to_crop(uvd: np.ndarray, u0: int, v0: int, b: int, size: int) -> np.ndarray
 # --- sampling -----------------------------------------------------------------------------------
 
 
-def _sample_scene(rng: np.random.Generator, dom: int) -> _Scene:
-    """Draw a pose that keeps every joint inside the crop (redrawn until it does)."""
+def _sample_scene(rng: np.random.Generator, dom: int, shown: int | None = None) -> _Scene:
+    """Draw a pose of domain `dom` that keeps every joint inside the crop (redrawn until it
+    does), in the surroundings of domain `shown` (default `dom`; drawn after everything of
+    the hand's)."""
+    shown = dom if shown is None else shown
     for _ in range(100):
         pose = _sample_pose(rng, dom)
         capsules, ellipsoids, joints, elbow = _build_hand(pose)
@@ -294,7 +315,7 @@ def _sample_scene(rng: np.random.Generator, dom: int) -> _Scene:
         )
         walls: list[tuple[float, float, float]] = []
         tables: list[tuple[float, float]] = []
-        if dom == _REAL:
+        if shown == _REAL:
             ellipsoids, walls, tables = _sample_background(
                 rng, ellipsoids, _place(elbow, *move), centre
             )

@@ -59,11 +59,11 @@ _DOMAINS = ("synthetic", "real")
 _MIN_SIZE = 8
 
 
-def _render(task: tuple[str, int, int, int, int]) -> Batch:
-    domain, seed, start, n, size = task
+def _render(task: tuple[str, int, int, int, int, str | None]) -> Batch:
+    domain, seed, start, n, size, look = task
     # Imported here so that `shards` does not pull in the simulator for other sources.
     hands = importlib.import_module("distsim.sim.hands")
-    sample = hands.generate(domain, n, seed, start=start, size=size)
+    sample = hands.generate(domain, n, seed, start=start, size=size, look=look)
     return sample["image"], {k: sample[k] for k in LABELS}
 
 
@@ -80,10 +80,13 @@ def convert_sim_hands(
     progress: bool = True,
     overwrite: bool = False,
     shown_as: Path | None = None,
+    look: str | None = None,
 ) -> Manifest:
     """Render ``count`` depth-hand crops of ``size`` x ``size`` from the built-in simulator
     into a shard set at ``out_dir`` (``overwrite``: see ``ShardSetWriter``; ``shown_as``: the
-    directory progress names, when ``out_dir`` is a temporary one that will be renamed)."""
+    directory progress names, when ``out_dir`` is a temporary one that will be renamed;
+    ``look``: the domain whose scene and sensor show the hands, ``distsim.sim.hands.render``'s,
+    recorded in the manifest's source when given)."""
     hands = importlib.import_module("distsim.sim.hands")
     output = simulator_output(
         out_dir,
@@ -100,7 +103,9 @@ def convert_sim_hands(
     )
     if size < _MIN_SIZE:
         raise ValueError(f"size ({size}) must be >= {_MIN_SIZE}")
-    tasks = [(domain, seed, s, min(_CHUNK, count - s), size) for s in range(0, count, _CHUNK)]
+    if look is not None and look not in hands.DOMAINS:
+        raise ValueError(f"unknown look {look!r}; expected one of {hands.DOMAINS}")
+    tasks = [(domain, seed, s, min(_CHUNK, count - s), size, look) for s in range(0, count, _CHUNK)]
     real = domain != "synthetic"
     return write_tasks(
         output,
@@ -115,7 +120,8 @@ def convert_sim_hands(
             "seed": seed,
             "size": size,
             "sim_version": hands.SIM_VERSION,
-        },
+        }
+        | ({} if look is None else {"look": look}),
         total=count,
         desc=f"sim-hands {domain}",
         # The simulator's "real" domain has labels only to score estimators on it.
