@@ -256,6 +256,41 @@ def test_domains_differ_in_pose(samples: dict) -> None:
     assert z_real.std() < 0.8 * z_syn.std()  # N(700, 90) against U(500, 900)
 
 
+def test_look_shows_the_same_hands_as_the_other_domain_does() -> None:
+    """look="real": the synthetic stream's hands, poses and boxes exactly, through the room and
+    the sensor (invalid pixels, surfaces behind the hand); look=domain is the plain stream."""
+    clean = hands.generate("synthetic", 6, 3, size=32)
+    seen = hands.generate("synthetic", 6, 3, size=32, look="real")
+    same = hands.generate("synthetic", 6, 3, size=32, look="synthetic")
+    for key in clean:
+        np.testing.assert_array_equal(same[key], clean[key])
+        if key != "image":
+            np.testing.assert_array_equal(seen[key], clean[key])
+    assert (clean["image"] == 0).sum() == 0 and (seen["image"] == 0).mean() > 0.01
+    assert not np.array_equal(seen["image"], clean["image"])
+    # The hand is where it was: most pixels the clean render puts on the hand are still nearer
+    # than the far plane (shadows, drop-outs and holes take a few).
+    on_hand = clean["image"] < 65535
+    assert ((seen["image"] < 65535) & (seen["image"] > 0))[on_hand].mean() > 0.8
+    real = hands.generate("real", 3, 3, size=32)
+    np.testing.assert_array_equal(hands.generate("real", 3, 3, size=32, look="real")["image"],
+                                  real["image"])  # fmt: skip
+    with pytest.raises(ValueError, match="look"):
+        hands.generate("synthetic", 1, 0, look="kinect")
+
+
+def test_convert_records_the_look(tmp_path: Path) -> None:
+    from shards.sources.sim_hands import convert_sim_hands
+
+    m = convert_sim_hands(tmp_path / "s", "synthetic", 5, 3, size=16, look="real", progress=False)
+    assert m.source["look"] == "real" and m.labelled
+    images, _ = read_shard_set(tmp_path / "s")
+    np.testing.assert_array_equal(images, hands.generate("synthetic", 5, 3, 0, 16, "real")["image"])
+    with pytest.raises(ValueError, match="look"):
+        convert_sim_hands(tmp_path / "t", "synthetic", 5, 3, size=16, look="x", progress=False)
+    assert not (tmp_path / "t").exists()
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="domain"):
         hands.generate("unity", 1, 0)

@@ -88,6 +88,8 @@ def convert_sim_hands(
     ``look``: the domain whose scene and sensor show the hands, ``distsim.sim.hands.render``'s,
     recorded in the manifest's source when given)."""
     hands = importlib.import_module("distsim.sim.hands")
+    if look is not None and look not in hands.DOMAINS:
+        raise ValueError(f"unknown look {look!r}; expected one of {hands.DOMAINS}")
     output = simulator_output(
         out_dir,
         domain,
@@ -103,8 +105,6 @@ def convert_sim_hands(
     )
     if size < _MIN_SIZE:
         raise ValueError(f"size ({size}) must be >= {_MIN_SIZE}")
-    if look is not None and look not in hands.DOMAINS:
-        raise ValueError(f"unknown look {look!r}; expected one of {hands.DOMAINS}")
     tasks = [(domain, seed, s, min(_CHUNK, count - s), size, look) for s in range(0, count, _CHUNK)]
     real = domain != "synthetic"
     return write_tasks(

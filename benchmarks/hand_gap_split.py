@@ -1,0 +1,122 @@
+"""How much of the built-in hands' domain gap is appearance, the part a refiner can close?
+
+A refiner changes how a synthetic crop looks, never which hand it shows, so on the built-in
+benchmark it cannot do better than the *same* synthetic hands rendered through the real
+domain's scene and sensor (``distsim.sim.hands.render(..., look="real")``: identical poses,
+shapes and crop boxes, labels exact). This trains the CPU-size stacked hourglass on the four
+crossings of pose distribution (synthetic, real) and look (synthetic, real), each over
+several estimator seeds, and tests every one on held-out real crops:
+
+- synthetic poses, synthetic look: the "synthetic" row;
+- synthetic poses, real look: what a perfect refiner would give (the ceiling of "refined");
+- real poses, synthetic look: the gap that is left once the pose distribution matches;
+- real poses, real look: the "real" row.
+
+    nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/hand_gap_split.py --work /tmp/hand_gap \
+        [--size 64 --count 2000 --test-count 500 --steps 600 --batch-size 16 --width 32 \
+         --depth 2 --stem-stride 4 --seeds 0 1 2]
+
+Shard sets under --work (reused when present): pose seed 100 (synthetic) and 101 (real) as
+``benchmarks/hand_gap.py`` uses, in both looks, and the real test set, seed 102. Writes
+benchmarks/results/hand_gap_split.json; the recorded run is in BENCHMARKS.md (issue 12).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package from a checkout
+
+from distsim.evaluate_hands import train_and_test_hands  # noqa: E402
+from shards.format import read_manifest  # noqa: E402
+from shards.sources.sim_hands import convert_sim_hands  # noqa: E402
+
+SETS = (  # name, pose domain, look, simulator seed
+    ("synthetic poses, synthetic look", "synthetic", "synthetic", 100),
+    ("synthetic poses, real look", "synthetic", "real", 100),
+    ("real poses, synthetic look", "real", "synthetic", 101),
+    ("real poses, real look", "real", "real", 101),
+)
+TEST = ("real", "real", 102)
+
+
+def ensure(directory: Path, domain: str, look: str, seed: int, count: int, size: int) -> Path:
+    try:
+        m = read_manifest(directory)
+        if m.count == count and tuple(m.image_shape) == (1, size, size):
+            return directory
+    except (OSError, ValueError):
+        pass
+    convert_sim_hands(directory, domain, count, seed, size=size, look=look, overwrite=True)
+    return directory
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/hand_gap_split.json"))
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--count", type=int, default=2000, help="training crops per set")
+    p.add_argument("--test-count", type=int, default=500)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--stem-stride", type=int, default=4)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="estimator seeds")
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    size = args.size
+    test = ensure(args.work / "test-real-102", *TEST, args.test_count, size)
+    rows = {}
+    started = time.time()
+    for name, domain, look, seed in SETS:
+        train = ensure(args.work / f"{domain}-pose-{look}-look-{seed}", domain, look, seed,
+                       args.count, size)  # fmt: skip
+        errors = []
+        for s in args.seeds:
+            report = train_and_test_hands(
+                train, test, steps=args.steps, batch_size=args.batch_size, width=args.width,
+                depth=args.depth, stem_stride=args.stem_stride, seed=s, num_workers=0,
+            )  # fmt: skip
+            errors.append(report["mean_joint_error_px"])
+            print(f"{name}, estimator seed {s}: mean joint error {errors[-1]:.2f} px", flush=True)
+        rows[name] = {
+            "pose": domain,
+            "look": look,
+            "simulator_seed": seed,
+            "mean_joint_error_px": errors,
+            "mean": statistics.mean(errors),
+            "sd": statistics.stdev(errors) if len(errors) > 1 else 0.0,
+        }
+    print()
+    for name, row in rows.items():
+        print(f"{name:34s} {row['mean']:6.2f} +- {row['sd']:.2f} px")
+    result = {
+        "command": "nice -n 19 env OMP_NUM_THREADS=1 python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "what": "stacked hourglass trained on each crossing of pose distribution and look, "
+        "tested on held-out real crops; mean joint error over the 14 evaluated joints in px at "
+        "the 224x224 scale; mean and sd over estimator seeds",
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "load_average_end": os.getloadavg(),
+        "seconds": time.time() - started,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
