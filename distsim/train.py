@@ -661,11 +661,17 @@ class Run:
             return
         self.warned_saturation = True  # once: a collapsed run stays collapsed
         if self.accelerator.is_main_process:
+            # A residual refiner's clamp passes gradients through, so what is wrong there is
+            # the picture (pixels pushed to a plane: a depth hand erased), not the gradients.
+            if self.cfg.refiner_output == "tanh":
+                why = "so the refiner's tanh has saturated and its gradients vanish; it seldom"
+                why += " recovers"
+            else:
+                why = "pushed to the output's limits (with depth: hands erased to the far plane)"
             print(
                 f"distsim.train: warning: step {step}: {100 * fraction:.0f}% of refined pixels "
-                "are at -1 or 1, so the refiner's tanh has saturated and its gradients vanish; "
-                f"it seldom recovers (see {self.run_dir / 'images'}). A lower --lr-d or --lr-r "
-                "may help.",
+                f"are at -1 or 1, {why} (see {self.run_dir / 'images'}). A lower --lr-d or "
+                "--lr-r, or a larger --lambda-reg, may help.",
                 file=sys.stderr, flush=True,
             )  # fmt: skip
 
