@@ -2,7 +2,7 @@
 
     python -m distsim.report hands --out reports/hands [--preset hands-cpu] [--seeds 0 1 2]
         [--simgan-flags '...'] [--train-count 2000] [--test-count 500]
-        [--estimator-steps 600] [--estimator-batch 16] [--estimator-width 32]
+        [--estimator-steps 2400] [--estimator-batch 16] [--estimator-width 32]
         [--estimator-depth 2] [--stem-stride 4]
 
 For each seed: render `3 * train-count` labelled synthetic hand crops, `train-count` labelled
@@ -13,7 +13,7 @@ nor `benchmarks/hand_gap.py` (100-102) use. Train SimGAN once on the built-in sy
 unlabelled real shards, refine the synthetic crops with its final refiner (the weight average
 when the run keeps one), and train the stacked-hourglass estimator
 (`distsim.evaluate_hands`, CPU size by default: 2 stacks of width 32 and depth 2, stride-4
-stem, 600 steps of 16) on each row's crops, testing it on the held-out real ones. Rows:
+stem, 2,400 steps of 16) on each row's crops, testing it on the held-out real ones. Rows:
 "synthetic", "refined" and "real" (the first `train-count` crops of each set) and "synthetic
 3x" and "refined 3x" (all `3 * train-count`).
 
@@ -89,7 +89,9 @@ def add_parser(tasks: Any) -> None:
                    help="make only these rows (processes can split a seed's rows; the table "
                    "is written once every row of every seed is there)")  # fmt: skip
     # CPU sizes (benchmarks/hand_gap.py's); the paper's: width 256, depth 4 on 224 px crops.
-    h.add_argument("--estimator-steps", type=positive_int, default=600, help="training steps")
+    # 600 steps leave the estimator blind to appearance: even a perfect refiner's crops train
+    # it no better than synthetic ones (benchmarks/hand_gap_split.py, BENCHMARKS.md).
+    h.add_argument("--estimator-steps", type=positive_int, default=2400, help="training steps")
     h.add_argument("--estimator-batch", type=positive_int, default=16, help="batch size")
     h.add_argument("--estimator-width", type=positive_int, default=32,
                    help="hourglass width (paper: 256)")  # fmt: skip
