@@ -201,7 +201,7 @@ class Config:
             )
         choices = {
             "disc_arch": ("eyes", "hands"),
-            "refiner_output": ("tanh", "residual"),
+            "refiner_output": ("tanh", "residual", "bounded"),
             "psi": ("identity", "channel_mean", "standardized", "smooth"),
             "optimizer": ("adam", "sgd"),
             "on_bad_shard": ("raise", "skip"),
@@ -399,7 +399,9 @@ HELP: dict[str, str] = {
     "refiner_kernel": "refiner kernel size (paper: 3 eyes, 7 hands)",
     "refiner_noise": "channels of per-pixel noise fed to the refiner (0: none, the paper)",
     "refiner_output": "refiner output: tanh (the paper) or residual (input + a zero-initialised "
-    "correction, clamped to [-1, 1]: exact identity at the start, exact far plane for depth)",
+    "correction, clamped to [-1, 1]: exact identity at the start, exact far plane for depth) "
+    "or bounded (residual with the correction kept within 2 by a tanh: no runaway under the "
+    "clamp)",
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
     "disc_blur": "Gaussian blur sigma (px) on the discriminator's inputs (0: none, the paper)",

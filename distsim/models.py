@@ -34,7 +34,7 @@ class ResnetBlock(nn.Module):
         return torch.relu(x + self.conv2(torch.relu(self.conv1(x))))
 
 
-OUTPUTS = ("tanh", "residual")
+OUTPUTS = ("tanh", "residual", "bounded")
 
 
 class Refiner(nn.Module):
@@ -50,6 +50,12 @@ class Refiner(nn.Module):
     head's correction, clamped to [-1, 1] with the gradient passed straight through, the
     head starting at zero: R is then the exact identity before any training, and a value at
     a limit (a depth crop's far plane, +1) stays exactly there, which tanh never reaches.
+    `output` "bounded" is "residual" with the correction squashed to (-2, 2) by a tanh before
+    the clamp. With "residual" nothing bounds the value under the clamp: the losses see only
+    the clamped image, so nothing pulls a pixel back once it is beyond a limit, while the
+    straight-through gradient can push it further; on depth at lambda 8 those values ran
+    away to 1e19 within 250 steps and every refined crop became one flat plane
+    (BENCHMARKS.md, "Depth hands"). Bounded, they stay within 2 of the input.
     """
 
     def __init__(
@@ -76,7 +82,7 @@ class Refiner(nn.Module):
                 self.stem.weight[:, channels:].zero_()
         self.blocks = nn.Sequential(*(ResnetBlock(width, kernel) for _ in range(blocks)))
         self.head = nn.Conv2d(width, channels, 1)
-        if output == "residual":
+        if output != "tanh":  # starts as the identity
             with torch.no_grad():
                 self.head.weight.zero_()
                 self.head.bias.zero_()
@@ -91,6 +97,8 @@ class Refiner(nn.Module):
         out = self.head(self.blocks(h))  # (B, C, H, W)
         if self.output == "tanh":
             return torch.tanh(out)
+        if self.output == "bounded":
+            out = 2.0 * torch.tanh(out)
         out = image + out
         return out + (out.clamp(-1.0, 1.0) - out).detach()  # clamped; gradient straight through
 

@@ -93,6 +93,26 @@ def test_residual_refiner_starts_as_the_exact_identity_and_keeps_the_far_plane()
         Refiner(1, 8, 1, 3, output="sigmoid")
 
 
+def test_bounded_refiner_is_the_identity_at_first_and_its_correction_stays_within_two():
+    torch.manual_seed(0)
+    r = Refiner(1, 8, 2, 5, noise_channels=1, output="bounded")
+    x = torch.ones(2, 1, 16, 16)
+    x[:, :, 4:12, 6:10] = torch.linspace(-0.9, 0.3, 8).view(8, 1)
+    noise = torch.randn(2, 1, 16, 16)
+    assert torch.equal(r(x, noise), x)
+    with torch.no_grad():
+        r.head.bias.fill_(1e6)  # what ran away under "residual": now a correction of 2 at most
+    y = r(x, noise)
+    assert torch.equal(y, torch.ones_like(x))  # clamped: every pixel at the far plane
+    h = torch.relu(r.stem(torch.cat([x, noise], 1)))
+    raw = x + 2.0 * torch.tanh(r.head(r.blocks(h)))
+    assert raw.max() <= 3.0  # the value under the clamp is bounded
+    with torch.no_grad():
+        r.head.bias.fill_(0.25)
+    y = r(x, noise)
+    torch.testing.assert_close(y, (x + 2 * np.tanh(0.25)).clamp(-1, 1))
+
+
 def _reference_adv(logits: np.ndarray, target: int) -> np.ndarray:
     """Per-image mean over patches of -log softmax, written out by hand."""
     b, _, h, w = logits.shape
