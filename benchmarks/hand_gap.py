@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the package from a checkout
 
 from distsim.evaluate_hands import train_and_test_hands  # noqa: E402
-from shards.cli import main as shards_main  # noqa: E402
 from shards.format import read_manifest  # noqa: E402
+from shards.sources.sim_hands import convert_sim_hands  # noqa: E402
 
 SETS = (  # name, domain, seed
     ("train_synthetic", "synthetic", 100),
@@ -40,30 +40,41 @@ SETS = (  # name, domain, seed
 )
 
 
-def ensure(directory: Path, domain: str, seed: int, count: int, size: int) -> None:
+def ensure(
+    directory: Path, domain: str, seed: int, count: int, size: int, look: str | None = None
+) -> Path:
+    """`directory` holding `count` sim-hands crops of (domain, seed) at `size`, rendered in
+    `look` (``distsim.sim.hands.render``'s; default the domain's own), made if not there."""
     try:
         m = read_manifest(directory)
         if m.count == count and tuple(m.image_shape) == (1, size, size):
-            return
+            return directory
     except (OSError, ValueError):
         pass
-    args = ["--domain", domain, "--count", str(count), "--seed", str(seed), "--size", str(size)]
-    if shards_main(["convert", "sim-hands", *args, "--out", str(directory)]) != 0:
-        raise SystemExit(f"convert sim-hands failed for {directory}")
+    try:
+        convert_sim_hands(directory, domain, count, seed, size=size, look=look)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"convert sim-hands failed for {directory}: {err}") from err
+    return directory
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_estimator_args(p: argparse.ArgumentParser, out: str) -> None:
+    """The sets' and the CPU-size estimator's options, shared with hand_gap_split.py."""
     p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/hand_gap.json"))
+    p.add_argument("--out", type=Path, default=Path(out))
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--count", type=int, default=2000, help="training crops per domain")
+    p.add_argument("--count", type=int, default=2000, help="training crops per set")
     p.add_argument("--test-count", type=int, default=500)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--stem-stride", type=int, default=4)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_estimator_args(p, "benchmarks/results/hand_gap.json")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

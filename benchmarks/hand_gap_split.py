@@ -36,9 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the package from a checkout
 
+from benchmarks.hand_gap import add_estimator_args, ensure  # noqa: E402
 from distsim.evaluate_hands import train_and_test_hands  # noqa: E402
-from shards.format import read_manifest  # noqa: E402
-from shards.sources.sim_hands import convert_sim_hands  # noqa: E402
 
 SETS = (  # name, pose domain, look, simulator seed
     ("synthetic poses, synthetic look", "synthetic", "synthetic", 100),
@@ -49,39 +48,20 @@ SETS = (  # name, pose domain, look, simulator seed
 TEST = ("real", "real", 102)
 
 
-def ensure(directory: Path, domain: str, look: str, seed: int, count: int, size: int) -> Path:
-    try:
-        m = read_manifest(directory)
-        if m.count == count and tuple(m.image_shape) == (1, size, size):
-            return directory
-    except (OSError, ValueError):
-        pass
-    convert_sim_hands(directory, domain, count, seed, size=size, look=look, overwrite=True)
-    return directory
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/hand_gap_split.json"))
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--count", type=int, default=2000, help="training crops per set")
-    p.add_argument("--test-count", type=int, default=500)
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--stem-stride", type=int, default=4)
+    add_estimator_args(p, "benchmarks/results/hand_gap_split.json")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="estimator seeds")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     size = args.size
-    test = ensure(args.work / "test-real-102", *TEST, args.test_count, size)
+    domain, look, seed = TEST
+    test = ensure(args.work / "test-real-102", domain, seed, args.test_count, size, look)
     rows = {}
     started = time.time()
     for name, domain, look, seed in SETS:
-        train = ensure(args.work / f"{domain}-pose-{look}-look-{seed}", domain, look, seed,
-                       args.count, size)  # fmt: skip
+        train = ensure(args.work / f"{domain}-pose-{look}-look-{seed}", domain, seed,
+                       args.count, size, look)  # fmt: skip
         errors = []
         for s in args.seeds:
             report = train_and_test_hands(
