@@ -8,7 +8,11 @@ For the first 64 synthetic crops (depth in [-1, 1], background = the far plane, 
 checkpoint's raw and averaged refiner: the refined background's mean and the fraction of it
 that is exactly +1 (as 78 % of every real crop's pixels are, once holes are filled), the mean
 |change| on hand pixels, the fraction of hand pixels sent to the far plane (> 0.9: fingers
-erased) and of background pixels made hand (< 0.9).
+erased) and of background pixels made hand (< 0.9), and the fraction of pixels outside the
+range of the input depths in the 3x3 window around them (what ``--refiner-output
+local_range`` forbids). ``--perfect-seed S`` adds the same numbers for a perfect refiner: the
+same hands rendered in the real look (``distsim.sim.hands.render(..., look="real")``), when
+the synthetic shards are the simulator's stream with seed S (checked).
 """
 
 from __future__ import annotations
@@ -17,14 +21,32 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout
 
 from distsim.data import first_images  # noqa: E402
 from distsim.depth import depth_to_unit  # noqa: E402
+from distsim.models import RANGE_SLACK  # noqa: E402
 from distsim.noise import indexed_noise  # noqa: E402
 from distsim.refine import load_refiner  # noqa: E402
+from distsim.sim.hands import render  # noqa: E402
+
+
+def changes(x: torch.Tensor, y: torch.Tensor) -> str:
+    """What refining `x` into `y` did, both (n, 1, S, S) depth in [-1, 1]."""
+    bg, hand = x == 1.0, x < 1.0
+    lo = -F.max_pool2d(-x, 3, stride=1, padding=1) - RANGE_SLACK
+    hi = F.max_pool2d(x, 3, stride=1, padding=1) + RANGE_SLACK
+    exact, erased = (y[bg] == 1.0).float().mean(), (y[hand] > 0.9).float().mean()
+    outside = ((y < lo - 1e-5) | (y > hi + 1e-5)).float().mean()  # 1e-5: float rounding
+    return (
+        f"background mean {y[bg].mean():.5f}, exactly +1 {exact:.3f}; hand |change| "
+        f"{(y - x)[hand].abs().mean():.3f}, hand -> far {erased:.3f}, background -> hand "
+        f"{(y[bg] < 0.9).float().mean():.4f}; outside the 3x3 range {outside:.4f}"
+    )
 
 
 def main() -> int:
@@ -32,12 +54,22 @@ def main() -> int:
     p.add_argument("--synthetic", type=Path, required=True)
     p.add_argument("--real", type=Path, required=True)
     p.add_argument("--count", type=int, default=64)
-    p.add_argument("checkpoints", nargs="+", type=Path)
+    p.add_argument("--perfect-seed", type=int, default=None)
+    p.add_argument("checkpoints", nargs="*", type=Path)
     args = p.parse_args()
-    x = depth_to_unit(first_images(args.synthetic, args.count))  # (n, 1, S, S)
+    codes = first_images(args.synthetic, args.count)  # (n, 1, S, S)
+    x = depth_to_unit(codes)
     real = depth_to_unit(first_images(args.real, args.count))
     print(f"real crops: {(real == 1.0).float().mean():.3f} of pixels exactly +1")
-    bg, hand = x == 1.0, x < 1.0
+    if args.perfect_seed is not None:
+        n, size = len(x), x.shape[-1]
+        rendered = render("synthetic", range(n), args.perfect_seed, size)["image"]
+        if not np.array_equal(rendered.astype(np.int64), codes.numpy().astype(np.int64)):
+            print(f"{args.synthetic} is not the simulator's synthetic stream {args.perfect_seed}")
+            return 2
+        looks = render("synthetic", range(n), args.perfect_seed, size, look="real")["image"]
+        perfect = depth_to_unit(torch.from_numpy(looks.astype(np.int32)))
+        print(f"perfect refiner (the real look): {changes(x, perfect)}")
     for ckpt in args.checkpoints:
         for weights in ("raw", "ema"):
             try:
@@ -52,12 +84,7 @@ def main() -> int:
                     y = refiner(x, noise)
                 else:
                     y = refiner(x)
-            exact, erased = (y[bg] == 1.0).float().mean(), (y[hand] > 0.9).float().mean()
-            print(
-                f"{ckpt.name} {weights}: background mean {y[bg].mean():.5f}, exactly +1 "
-                f"{exact:.3f}; hand |change| {(y - x)[hand].abs().mean():.3f}, hand -> far "
-                f"{erased:.3f}, background -> hand {(y[bg] < 0.9).float().mean():.4f}"
-            )
+            print(f"{ckpt.name} {weights}: {changes(x, y)}")
     return 0
 
 

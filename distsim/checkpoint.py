@@ -308,6 +308,7 @@ def build_models(cfg: Config, channels: int) -> tuple[Refiner, Discriminator]:
         cfg.refiner_kernel,
         cfg.refiner_noise,
         cfg.refiner_output,
+        cfg.refiner_window,
     )
     discriminator = Discriminator(channels, cfg.disc_widths, cfg.disc_arch)
     return refiner, discriminator

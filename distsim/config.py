@@ -68,6 +68,12 @@ class Config:
     # alone and R wrecked the hands to push it there (BENCHMARKS.md, issue 12); residual R
     # starts as the exact identity and keeps the far plane exact.
     refiner_output: str = "tanh"
+    # "local_range" (ours, for depth): bounded, and each refined pixel kept within the range
+    # of the input depths in the window x window pixels around it (plus a little noise), so R
+    # can make the sensor's artifacts (flying pixels between a surface and the one behind it,
+    # edge drop-outs, noise) but cannot draw a surface nearer than any around it or erase a
+    # hand's interior (see models.Refiner).
+    refiner_window: int = 3
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)
     # Feature transform for self-regularisation: identity (the paper, grey) | channel_mean (the
@@ -199,9 +205,11 @@ class Config:
             raise ValueError(
                 f"--refiner-kernel must be odd (same padding), got {self.refiner_kernel}"
             )
+        if self.refiner_window < 1 or self.refiner_window % 2 == 0:
+            raise ValueError(f"--refiner-window must be odd and >= 1, got {self.refiner_window}")
         choices = {
             "disc_arch": ("eyes", "hands"),
-            "refiner_output": ("tanh", "residual", "bounded"),
+            "refiner_output": ("tanh", "residual", "bounded", "local_range"),
             "psi": ("identity", "channel_mean", "standardized", "smooth"),
             "optimizer": ("adam", "sgd"),
             "on_bad_shard": ("raise", "skip"),
@@ -401,7 +409,8 @@ HELP: dict[str, str] = {
     "refiner_output": "refiner output: tanh (the paper) or residual (input + a zero-initialised "
     "correction, clamped to [-1, 1]: exact identity at the start, exact far plane for depth) "
     "or bounded (residual with the correction kept within 2 by a tanh: no runaway under the "
-    "clamp)",
+    "clamp) or local_range (bounded, each pixel kept within the range of the input around it)",
+    "refiner_window": "window, in pixels, of the local_range output (odd)",
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
     "disc_blur": "Gaussian blur sigma (px) on the discriminator's inputs (0: none, the paper)",
@@ -548,6 +557,7 @@ def make_config(preset: str = "cpu", **overrides: Any) -> Config:
 # lack it (a default may change later; what an old run did may not).
 LEGACY: dict[str, Any] = {
     "refiner_output": "tanh",
+    "refiner_window": 3,
     "builtin_sim": "eyes",
     "builtin_size": 224,
     "builtin_real": "real",

@@ -110,7 +110,7 @@ class CheckpointError(OSError):
 
 # Config fields that decide the models' shapes: a resume cannot change them.
 ARCHITECTURE = ("refiner_width", "refiner_blocks", "refiner_kernel", "refiner_noise",
-                "refiner_output", "disc_arch", "disc_widths")  # fmt: skip
+                "refiner_output", "refiner_window", "disc_arch", "disc_widths")  # fmt: skip
 
 
 @dataclass

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distsim.losses import (
     local_adversarial_loss,
@@ -11,7 +12,7 @@ from distsim.losses import (
     psi_identity,
     self_regularization_loss,
 )
-from distsim.models import REAL, REFINED, Discriminator, Refiner
+from distsim.models import RANGE_SLACK, REAL, REFINED, Discriminator, Refiner
 
 
 @pytest.mark.parametrize(
@@ -217,3 +218,32 @@ def test_standardized_psi_prices_shape_not_tone():
     standardized = psi_standardized(x).flatten(1)
     torch.testing.assert_close(standardized.mean(1), torch.zeros(4), atol=1e-5, rtol=0)
     torch.testing.assert_close(standardized.std(1), torch.ones(4), atol=2e-3, rtol=0)
+
+
+def test_local_range_refiner_keeps_each_pixel_within_the_depths_around_it():
+    """A sensor's artifacts only mix the surfaces it sees: no refined pixel may be nearer than
+    the nearest input depth in its window or farther than the farthest (plus the slack)."""
+    torch.manual_seed(0)
+    r = Refiner(1, 8, 2, 5, noise_channels=1, output="local_range", window=3)
+    x = torch.ones(2, 1, 16, 16)  # far plane
+    x[:, :, 4:12, 6:10] = torch.linspace(-0.9, 0.3, 8).view(8, 1)  # a "finger"
+    noise = torch.randn(2, 1, 16, 16)
+    assert torch.equal(r(x, noise), x)  # the identity at first
+    with torch.no_grad():
+        torch.nn.init.normal_(r.head.weight, std=5.0)
+        r.head.bias.fill_(-1.0)  # pull everything near
+    y = r(x, noise)
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    windows = torch.stack([xp[..., i : i + 16, j : j + 16] for i in range(3) for j in range(3)])
+    lo, hi = windows.min(0).values - RANGE_SLACK, windows.max(0).values + RANGE_SLACK
+    assert (y >= lo - 1e-6).all() and (y <= hi + 1e-6).all()
+    # Background two pixels from the finger stays within the slack of the far plane: no rim.
+    assert (y[:, :, :, :4] >= 1.0 - RANGE_SLACK - 1e-6).all()
+    # Inside the finger, far from its edge, it cannot be erased to the far plane.
+    assert (y[:, :, 6:10, 7:9] <= x[:, :, 6:10, 7:9] + 0.2 + RANGE_SLACK).all()
+    # The edge may move anywhere between the finger and the far plane (flying pixels).
+    assert (y[:, :, 4:12, 5] < 1.0 - RANGE_SLACK).any()
+    y.sum().backward()  # the clamp passes the gradient straight through
+    assert r.head.bias.grad.abs().item() > 0
+    with pytest.raises(ValueError, match="window must be odd"):
+        Refiner(1, 8, 1, 3, output="local_range", window=4)
