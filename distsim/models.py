@@ -63,12 +63,14 @@ class Refiner(nn.Module):
 
     `output` "local_range" (ours, for depth) is "bounded" with each refined pixel also kept
     within the range of the input depths in the `window` x `window` pixels around it, give or
-    take ``RANGE_SLACK``. A depth sensor's artifacts only mix the surfaces it sees: noise,
-    flying pixels between a surface and the one behind it, drop-outs that show what lies
-    behind. None draws a surface nearer than every one around it, or removes a hand's
+    take ``RANGE_SLACK`` for noise. A depth sensor's artifacts only mix the surfaces it sees:
+    noise, flying pixels between a surface and the one behind it, drop-outs that show what
+    lies behind. None draws a surface nearer than every one around it, or removes a hand's
     interior. A refiner free to do either was rewarded for it by D (a rim of nearer depth
     round the silhouette, hands erased to the far plane) and wrecked the labels; within the
-    window it can still make every artifact above, at the window's scale.
+    window it can still make every artifact above, at the window's scale. Where the window is
+    all far plane there is no slack: a haze over the background, which no real crop has
+    after hole filling, cost the estimator another 4 px (BENCHMARKS.md, "Depth hands").
     """
 
     def __init__(
@@ -121,7 +123,9 @@ class Refiner(nn.Module):
         pad = self.window // 2
         hi = F.max_pool2d(image, self.window, stride=1, padding=pad)  # (B, C, H, W)
         lo = -F.max_pool2d(-image, self.window, stride=1, padding=pad)
-        lo = (lo - RANGE_SLACK).clamp(min=-1.0)
+        # Noise belongs to measured surfaces: where the window holds nothing but the far plane
+        # (nothing in the cube), the refined pixel stays exactly there, as a real crop's does.
+        lo = torch.where(lo >= 1.0, lo, (lo - RANGE_SLACK).clamp(min=-1.0))
         hi = (hi + RANGE_SLACK).clamp(max=1.0)
         return out + (torch.minimum(torch.maximum(out, lo), hi) - out).detach()
 

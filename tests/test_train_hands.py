@@ -61,12 +61,14 @@ def test_hand_presets_validate_and_their_discriminator_has_patches() -> None:
     assert HAND_REAL_DOMAINS == hands.REAL_DOMAINS
     for name in ("hands", "hands-cpu"):
         cfg = make_config(name)
-        assert cfg.builtin_sim == "hands" and cfg.psi == "identity" and cfg.disc_arch == "hands"
+        assert cfg.builtin_sim == "hands" and cfg.psi == "identity"
+        assert cfg.refiner_output == "local_range"
         d = Discriminator(1, cfg.disc_widths, cfg.disc_arch)
         side = cfg.builtin_size
         logits = d(torch.zeros(1, 1, side, side))
         assert logits.shape[2] >= 2 and logits.shape[3] >= 2, (name, logits.shape)
     paper = PRESETS["hands"]
+    assert paper["disc_arch"] == "hands" and PRESETS["hands-cpu"]["disc_arch"] == "eyes"
     assert (paper["refiner_kernel"], paper["refiner_blocks"], paper["builtin_size"]) == (7, 10, 224)
     assert (paper["pretrain_r_steps"], paper["pretrain_d_steps"]) == (500, 200)
     with pytest.raises(ValueError, match="builtin-real"):

@@ -104,6 +104,7 @@ from shards.depth import CUBE_MM, EVAL_JOINTS, FOCAL, NUM_JOINTS, encode_depth
 __all__ = [
     "DEFAULT_SIZE",
     "DOMAINS",
+    "LOOKS",
     "FRAME_SHAPE",
     "JOINT_NAMES",
     "PALM_CENTRE",
@@ -157,6 +158,15 @@ _FOREARM_LEN = 280.0  # wrist to elbow: far outside the 300 mm cube
 _FB = _FX * 75.0
 _MAX_RANGE = 4000.0  # mm; beyond it the sensor returns nothing
 _SYNTHETIC, _REAL = 0, 1
+_SENSOR_ONLY = 2  # the real room drawn, only its wall kept
+# Every look as (room, sensor): which scene shows the hand and which sensor measures it.
+LOOKS = (*DOMAINS, "real-sensor", "real-room")
+_LOOK_PARTS = {
+    "synthetic": (_SYNTHETIC, _SYNTHETIC),
+    "real": (_REAL, _REAL),
+    "real-sensor": (_SENSOR_ONLY, _REAL),
+    "real-room": (_REAL, _SYNTHETIC),
+}
 
 
 @dataclass
@@ -203,6 +213,10 @@ def render(
     ``render("synthetic", i, s)`` in a room through the sensor model, which is what a perfect
     refiner would make of them (benchmarks/hand_gap_split.py: how much of the domain gap is
     appearance, the part refinement can close, and how much is the pose distribution).
+    Two looks split the real one: ``"real-sensor"`` is the real sensor with the real room's
+    wall (beyond the cube, but where the projector's shadows fall) and no torso or table, and
+    ``"real-room"`` the real room rendered clean; both draw the whole room, so the hands and
+    the sensor's random draws stay those of ``"real"``.
 
     Returns {"image": uint16 (N, 1, size, size) depth codes (``shards.depth``, 0 invalid),
     "joints_uvd": float32 (N, 36, 3) crop pixels + mm, "joints_xyz": float32 (N, 36, 3) camera
@@ -220,9 +234,9 @@ def render(
     for i in indices:
         _check_int("index", i)
     dom = DOMAINS.index(domain)
-    if look is not None and look not in DOMAINS:
-        raise ValueError(f"unknown look {look!r}; expected one of {DOMAINS}")
-    shown = dom if look is None else DOMAINS.index(look)
+    if look is not None and look not in LOOKS:
+        raise ValueError(f"unknown look {look!r}; expected one of {LOOKS}")
+    room, sensor = (dom, dom) if look is None else _LOOK_PARTS[look]
     n = len(indices)
     out = {
         "image": np.zeros((n, 1, size, size), np.uint16),
@@ -235,8 +249,8 @@ def render(
     }
     for row, index in enumerate(indices):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(dom, index)))
-        scene = _sample_scene(rng, dom, shown)
-        depth = _crop_depth(scene, rng, shown, size)  # (size, size) mm, NaN invalid
+        scene = _sample_scene(rng, dom, room)
+        depth = _crop_depth(scene, rng, sensor, size)  # (size, size) mm, NaN invalid
         out["image"][row, 0] = encode_depth(depth, float(scene.center[2]))
         u0, v0, b = scene.box
         out["joints_xyz"][row] = scene.joints
@@ -315,10 +329,11 @@ def _sample_scene(rng: np.random.Generator, dom: int, shown: int | None = None) 
         )
         walls: list[tuple[float, float, float]] = []
         tables: list[tuple[float, float]] = []
-        if shown == _REAL:
-            ellipsoids, walls, tables = _sample_background(
-                rng, ellipsoids, _place(elbow, *move), centre
-            )
+        if shown in (_REAL, _SENSOR_ONLY):
+            room = _sample_background(rng, ellipsoids, _place(elbow, *move), centre)
+            walls = room[1]  # beyond the cube, but the sensor's shadows fall on it
+            if shown == _REAL:
+                ellipsoids, tables = room[0], room[2]
         return _Scene(
             capsules, ellipsoids, joints, (u0, v0, b), np.array([cu, cv, z]), walls, tables
         )

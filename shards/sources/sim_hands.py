@@ -88,8 +88,8 @@ def convert_sim_hands(
     ``look``: the domain whose scene and sensor show the hands, ``distsim.sim.hands.render``'s,
     recorded in the manifest's source when given)."""
     hands = importlib.import_module("distsim.sim.hands")
-    if look is not None and look not in hands.DOMAINS:
-        raise ValueError(f"unknown look {look!r}; expected one of {hands.DOMAINS}")
+    if look is not None and look not in hands.LOOKS:
+        raise ValueError(f"unknown look {look!r}; expected one of {hands.LOOKS}")
     output = simulator_output(
         out_dir,
         domain,
