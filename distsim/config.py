@@ -370,8 +370,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the eye D, at lambda 0.5 or 2, tied synthetic. The paper's hand D at 64 px sees 71
         # px, the whole crop (2x2 patch map), and with it R moved the hand's depth (14.5 px,
         # against 10.4 for synthetic); the eye D's 23 px are the paper's hand D's share of a
-        # 224 px crop. Lambda 2 over 0.5: R sent half as many hand pixels to the far plane
-        # (11-16 % against 22-25 %; a perfect refiner 4 %).
+        # 224 px crop. Lambda 2 over 0.5: as good, and R sent fewer hand pixels to the far
+        # plane (11-16 % against 22-25 %; a perfect refiner 4 %).
         "refiner_output": "local_range",
         "refiner_window": 3,
         "disc_arch": "eyes",
