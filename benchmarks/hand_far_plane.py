@@ -12,7 +12,8 @@ erased) and of background pixels made hand (< 0.9), and the fraction of pixels o
 range of the input depths in the 3x3 window around them (what ``--refiner-output
 local_range`` forbids). ``--perfect-seed S`` adds the same numbers for a perfect refiner: the
 same hands rendered in the real look (``distsim.sim.hands.render(..., look="real")``), when
-the synthetic shards are the simulator's stream with seed S (checked).
+the synthetic shards are the simulator's stream with seed S (checked). For a refiner with a
+noise input, also how much two noise draws change its refined hand pixels.
 """
 
 from __future__ import annotations
@@ -78,13 +79,18 @@ def main() -> int:
                 print(f"{ckpt.name} {weights}: {err}")
                 continue
             channels = int(getattr(refiner, "noise_channels", 0))
+            used = ""
             with torch.no_grad():
                 if channels:
                     noise = indexed_noise(range(len(x)), (channels, *x.shape[2:]), 0)
                     y = refiner(x, noise)
+                    # How much R makes of its noise: the same crops under another draw.
+                    other = refiner(x, indexed_noise(range(len(x)), noise.shape[1:], 1))
+                    moved = (y - other)[x < 1].abs().mean()
+                    used = f"; noise: hand |change| between two draws {moved:.4f}"
                 else:
                     y = refiner(x)
-            print(f"{ckpt.name} {weights}: {changes(x, y)}")
+            print(f"{ckpt.name} {weights}: {changes(x, y)}{used}")
     return 0
 
 
