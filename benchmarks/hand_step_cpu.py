@@ -41,7 +41,7 @@ def main() -> None:
     shape = (1, side, side)
     history = HistoryBuffer(cfg.history_size, shape, seed=0, device=torch.device("cpu"))
     step = SimGANStep(refiner, disc, opt_r, opt_d, psi=PSI[cfg.psi], lambda_reg=cfg.lambda_reg,
-                      history=history)  # fmt: skip
+                      history=history, noise_channels=cfg.refiner_noise)  # fmt: skip
     x = torch.rand(cfg.batch_size, *shape) * 2 - 1
 
     def cpu_per(fn: object, n: int) -> float:

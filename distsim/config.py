@@ -355,8 +355,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The hand job at CPU size (ours): 64x64 crops, a width-16 refiner of 4 blocks of 5x5
     # kernels, D at a third of the paper's widths with the eye D's geometry, batch 16; the
     # paper's schedule shape (R pretrained, then D, then K_g 2, K_d 1). Measured
-    # (benchmarks/hand_step_cpu.py, one thread): 0.20 CPU s per R update, 0.03 per D update,
-    # so the schedule is ~470 CPU s, about 8 min on one idle core and 4-6 min on two, plus
+    # (benchmarks/hand_step_cpu.py, one thread): 0.19 CPU s per R update, 0.04 per D update,
+    # so the schedule is ~460 CPU s, about 8 min on one idle core and 4-6 min on two, plus
     # rendering the 2 x 4096 crops once (under a minute) and the realism scores (~1 min).
     "hands-cpu": {
         "builtin_sim": "hands",
