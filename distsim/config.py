@@ -367,7 +367,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "refiner_kernel": 5,
         # Validation streams 50 and 51 (BENCHMARKS.md, issue 12): "residual" with the hand D
         # cost the estimator 2-3.5 px (a rim nearer than the hand, bands); local_range with
-        # the eye D, at lambda 0.5 or 2, tied synthetic. The paper's hand D at 64 px sees 71
+        # the eye D, at lambda 0.5 or 2, tied synthetic (and on Table 4's test seeds still
+        # lost 0.7-1.3 px: not yet a refiner to use). The paper's hand D at 64 px sees 71
         # px, the whole crop (2x2 patch map), and with it R moved the hand's depth (14.5 px,
         # against 10.4 for synthetic); the eye D's 23 px are the paper's hand D's share of a
         # 224 px crop. Lambda 2 over 0.5: as good, and R sent fewer hand pixels to the far
