@@ -13,7 +13,9 @@ range of the input depths in the 3x3 window around them (what ``--refiner-output
 local_range`` forbids). ``--perfect-seed S`` adds the same numbers for a perfect refiner: the
 same hands rendered in the real look (``distsim.sim.hands.render(..., look="real")``), when
 the synthetic shards are the simulator's stream with seed S (checked). For a refiner with a
-noise input, also how much two noise draws change its refined hand pixels.
+noise input, also how much two noise draws change its refined hand pixels. Every row ends
+with the realism score training logs (``distsim.realism``: a fresh classifier's held-out
+accuracy at telling these crops from the real ones; 0.5 = indistinguishable).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from distsim.data import first_images  # noqa: E402
 from distsim.depth import depth_to_unit  # noqa: E402
 from distsim.models import RANGE_SLACK  # noqa: E402
 from distsim.noise import indexed_noise  # noqa: E402
+from distsim.realism import two_sample_test  # noqa: E402
 from distsim.refine import load_refiner  # noqa: E402
 from distsim.sim.hands import render  # noqa: E402
 
@@ -62,6 +65,11 @@ def main() -> int:
     x = depth_to_unit(codes)
     real = depth_to_unit(first_images(args.real, args.count))
     print(f"real crops: {(real == 1.0).float().mean():.3f} of pixels exactly +1")
+
+    def realism(images: torch.Tensor) -> str:
+        return f"; told from real {two_sample_test(real, images)['accuracy']:.1%}"
+
+    print(f"synthetic crops{realism(x)}")
     if args.perfect_seed is not None:
         n, size = len(x), x.shape[-1]
         rendered = render("synthetic", range(n), args.perfect_seed, size)["image"]
@@ -70,7 +78,7 @@ def main() -> int:
             return 2
         looks = render("synthetic", range(n), args.perfect_seed, size, look="real")["image"]
         perfect = depth_to_unit(torch.from_numpy(looks.astype(np.int32)))
-        print(f"perfect refiner (the real look): {changes(x, perfect)}")
+        print(f"perfect refiner (the real look): {changes(x, perfect)}{realism(perfect)}")
     for ckpt in args.checkpoints:
         for weights in ("raw", "ema"):
             try:
@@ -90,7 +98,7 @@ def main() -> int:
                     used = f"; noise: hand |change| between two draws {moved:.4f}"
                 else:
                     y = refiner(x)
-            print(f"{ckpt.name} {weights}: {changes(x, y)}{used}")
+            print(f"{ckpt.name} {weights}: {changes(x, y)}{used}{realism(y)}")
     return 0
 
 
