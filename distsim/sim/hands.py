@@ -330,10 +330,11 @@ def _sample_scene(rng: np.random.Generator, dom: int, shown: int | None = None) 
         walls: list[tuple[float, float, float]] = []
         tables: list[tuple[float, float]] = []
         if shown in (_REAL, _SENSOR_ONLY):
-            room = _sample_background(rng, ellipsoids, _place(elbow, *move), centre)
-            walls = room[1]  # beyond the cube, but the sensor's shadows fall on it
+            with_body, walls, room_tables = _sample_background(
+                rng, ellipsoids, _place(elbow, *move), centre
+            )  # the wall is beyond the cube, but the sensor's shadows fall on it
             if shown == _REAL:
-                ellipsoids, tables = room[0], room[2]
+                ellipsoids, tables = with_body, room_tables
         return _Scene(
             capsules, ellipsoids, joints, (u0, v0, b), np.array([cu, cv, z]), walls, tables
         )
