@@ -41,6 +41,8 @@ def test_flags_override_preset():
         (["--synthetic", "/x"], "both --synthetic and --real"),
         (["--history-size", "4", "--batch-size", "8"], "--history-size 4"),
         (["--refiner-kernel", "4"], "odd"),
+        (["--refiner-window", "4"], "--refiner-window must be odd"),
+        (["--refiner-output", "sigmoid"], "--refiner-output must be one of"),
         (["--batch-size", "7"], "even"),
     ],
 )
