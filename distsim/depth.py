@@ -10,13 +10,19 @@ planes.
 Invalid pixels (only the real domain has them: sensor holes, projector shadows, flying-pixel
 drop-outs; a render never fails to measure): left as they are, code 0 would map just below -1,
 a value no synthetic or refined pixel ever takes, and D would win by spotting it alone. So
-before anything sees a real crop (D, the realism probe), ``fill_invalid`` replaces each
-invalid pixel by the **farthest valid depth among its neighbours**, grown inwards a pixel per
-pass (a grey-scale dilation restricted to the holes), and whatever is still invalid after
-``FILL_PASSES`` passes (a hole wider than twice that) becomes the far plane. Why the farthest
-neighbour and not the nearest or the mean: a Kinect's shadows and drop-outs sit on the
-background side of a depth edge, so the far neighbour is what the sensor would have seen, and
-a max never invents a depth between hand and wall (a mean would make flying pixels). After
+before anything sees a real crop (D, the realism probe), ``fill_invalid`` gives every pixel
+of a hole the **farthest valid depth on that hole's rim** within ``fill_passes`` pixels of it
+(an eighth of the crop's side, at least 8: a shadow band is 4-10 px of a 64 px crop;
+measured through the hole: a max spread a pixel per pass, hole pixels included), and
+whatever is still invalid after that (a hole wider than twice that) becomes the far plane.
+Why the farthest rim depth and not the nearest or the mean: a Kinect's shadows and drop-outs
+sit on the background side of a depth edge, so the far side is what the sensor would have
+seen, and a max never invents a depth between hand and wall (a mean would make flying
+pixels). Why the whole hole's rim and not each pixel's nearest: a projector shadow between
+the hand and the background would then be half hand, a silhouette fattened on the shadow
+side, which D rewarded R for copying (BENCHMARKS.md, "Depth hands"); now it is background,
+as the estimator reads it (``distsim.handaug``: invalid = far plane), while a hole inside the
+hand still takes the hand's depth (a far-plane pit there is something R cannot draw). After
 filling, every pixel of a real crop is a valid depth that also occurs in its own crop, and
 the mask of where filling happened is not shown to D. A validity mask channel for R and D
 was the alternative; it would hand D the answer (synthetic masks are all ones).
@@ -28,11 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FAR", "FILL_PASSES", "NEAR", "codes_to_unit", "depth_rgb", "fill_invalid"]
+__all__ = ["FAR", "NEAR", "codes_to_unit", "depth_rgb", "fill_invalid"]
 
 NEAR, FAR = -1.0, 1.0
-# Passes of the hole filling: holes up to 2 * FILL_PASSES px across fill from their rims.
-FILL_PASSES = 8
+# Passes of the hole filling (fill_passes): holes up to twice that across fill from their rims.
+_MIN_PASSES, _PASSES_PER_SIDE = 8, 1 / 8
 _CODES = 65534.0  # valid codes 1..65535 (shards.depth)
 _UNSET = -3.0  # below every valid value: marks a still-invalid pixel during filling
 
@@ -49,14 +55,25 @@ def codes_to_unit(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(valid, x, torch.full_like(x, FAR)), valid
 
 
-def fill_invalid(x: torch.Tensor, valid: torch.Tensor, passes: int = FILL_PASSES) -> torch.Tensor:
-    """Invalid pixels of `x` (B, C, H, W) -> the farthest valid neighbour, grown `passes` px
-    into each hole; pixels still unset then become the far plane (see the module docstring).
-    Valid pixels are returned unchanged. Fixed work, no host syncs (compile-friendly)."""
+def fill_passes(side: int) -> int:
+    """Passes of ``fill_invalid`` for a crop of `side` px: a shadow band grows with the crop."""
+    return max(_MIN_PASSES, round(side * _PASSES_PER_SIDE))
+
+
+def fill_invalid(x: torch.Tensor, valid: torch.Tensor, passes: int | None = None) -> torch.Tensor:
+    """Invalid pixels of `x` (B, C, H, W) -> the farthest valid depth on their hole's rim
+    within `passes` px (default ``fill_passes`` of the larger side); pixels still unset then
+    become the far plane (module docstring). Valid pixels are returned unchanged. Fixed work,
+    no host syncs (compile-friendly)."""
+    if passes is None:
+        passes = fill_passes(max(x.shape[-2:]))
     out = torch.where(valid, x, torch.full_like(x, _UNSET))
     for _ in range(passes):
+        # Hole pixels keep taking the max over their 3x3, hole pixels included, so the
+        # farthest depth on a hole's rim spreads through the whole hole (geodesically, a pixel
+        # per pass) instead of each pixel keeping whatever rim reached it first.
         grown = F.max_pool2d(out, 3, stride=1, padding=1)  # padding is -inf: never picked
-        out = torch.where(out > _UNSET, out, grown)
+        out = torch.where(valid, x, grown)
     return torch.where(out > _UNSET, out, torch.full_like(out, FAR))
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from distsim import data
 from distsim.checkpoint import best_checkpoint, list_checkpoints, load_state, read_json
 from distsim.config import HAND_REAL_DOMAINS, PRESETS, make_config
-from distsim.depth import codes_to_unit, fill_invalid, unit_to_codes
+from distsim.depth import codes_to_unit, fill_invalid, fill_passes, unit_to_codes
 from distsim.models import Discriminator
 from distsim.sim import hands
 from distsim.train import to_unit_range, training_loop
@@ -36,6 +36,31 @@ def test_holes_take_the_farthest_valid_neighbour_and_wide_ones_the_far_plane() -
     assert torch.equal(out[valid], x[valid])  # measured pixels untouched
     assert (out[..., :, 20:] == 1.0).all()
     assert out[..., :, 10:14].max() <= 0.4  # grown from the rim, never invented
+
+
+def test_a_shadow_between_hand_and_background_is_background_not_half_hand() -> None:
+    """A projector shadow: hand | 6 invalid px | far background. Each pixel's nearest rim
+    would fill its hand-side half with the hand (a fattened silhouette); the hole's farthest
+    rim depth fills all of it with the background, as the estimator reads invalid pixels.
+    A hole inside the hand takes the hand's own farthest depth, never the background."""
+    x = torch.full((1, 1, 12, 24), 1.0)  # the far plane
+    x[..., :, :8] = torch.linspace(-0.6, -0.4, 8)  # the hand, farther to the right
+    valid = torch.ones_like(x, dtype=torch.bool)
+    valid[..., :, 8:14] = False  # the shadow band
+    valid[..., 5, 3] = False  # a drop-out inside the hand
+    out = fill_invalid(x, valid)
+    assert (out[..., :, 8:14] == 1.0).all()
+    assert out[0, 0, 5, 3] == pytest.approx(x[0, 0, 5, 4].item())  # its farthest neighbour
+    assert torch.equal(out[valid], x[valid])
+
+
+def test_fill_passes_grow_with_the_crop() -> None:
+    assert fill_passes(32) == fill_passes(64) == 8 and fill_passes(224) == 28
+    x = torch.full((1, 1, 224, 224), 1.0)
+    x[..., :, :100] = -0.5
+    valid = torch.ones_like(x, dtype=torch.bool)
+    valid[..., :, 100:126] = False  # a 26 px shadow, as at 224 px
+    assert (fill_invalid(x, valid)[..., :, 100:126] == 1.0).all()
 
 
 def test_d_cannot_tell_real_crops_by_invalid_pixels() -> None:
