@@ -309,6 +309,7 @@ def build_models(cfg: Config, channels: int) -> tuple[Refiner, Discriminator]:
         cfg.refiner_noise,
         cfg.refiner_output,
         cfg.refiner_window,
+        cfg.refiner_slack,
     )
     discriminator = Discriminator(channels, cfg.disc_widths, cfg.disc_arch)
     return refiner, discriminator

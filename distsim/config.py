@@ -74,6 +74,9 @@ class Config:
     # edge drop-outs, noise) but cannot draw a surface nearer than any around it or erase a
     # hand's interior (see models.Refiner).
     refiner_window: int = 3
+    # How far beyond that range (in [-1, 1] units; 0.05 is 7.5 mm of the 300 mm cube) R may
+    # move a pixel: room for the sensor's noise, and no more (see models.Refiner).
+    refiner_slack: float = 0.05
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)
     # Feature transform for self-regularisation: identity (the paper, grey) | channel_mean (the
@@ -86,6 +89,9 @@ class Config:
     # Gaussian blur (sigma, px) on D's inputs, real and refined alike; 0: none (the paper).
     # See models.GaussianBlur for why: a refiner cannot make per-image random sensor noise.
     disc_blur: float = 0.0
+    # D sees its (blurred) input minus a Gaussian blur of this sigma (px); 0: not (the paper).
+    # See models.HighPass for why: absolute depth carries the pose distribution.
+    disc_highpass: float = 0.0
 
     # Algorithm 1.
     seed: int = 0
@@ -193,6 +199,7 @@ class Config:
             "lambda_reg",
             "history_size",
             "disc_blur",
+            "disc_highpass",
             "check_every",
             "refiner_noise",
             "ema_halflife",
@@ -207,6 +214,8 @@ class Config:
             )
         if self.refiner_window < 1 or self.refiner_window % 2 == 0:
             raise ValueError(f"--refiner-window must be odd and >= 1, got {self.refiner_window}")
+        if not 0.0 <= self.refiner_slack < 2.0:
+            raise ValueError(f"--refiner-slack must be in [0, 2), got {self.refiner_slack}")
         choices = {
             "disc_arch": ("eyes", "hands"),
             "refiner_output": ("tanh", "residual", "bounded", "local_range"),
@@ -231,8 +240,8 @@ class Config:
                 raise ValueError(
                     f"--{_flag(name)} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
-        for name in ("lambda_reg", "lr_r", "lr_r_pretrain", "lr_d", "disc_blur", "ema_halflife",
-                     "adam_beta1"):  # fmt: skip
+        for name in ("lambda_reg", "lr_r", "lr_r_pretrain", "lr_d", "disc_blur", "disc_highpass",
+                     "ema_halflife", "adam_beta1"):  # fmt: skip
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(
                     f"--{_flag(name)} must be a finite number, got {getattr(self, name)}"
@@ -422,9 +431,13 @@ HELP: dict[str, str] = {
     "or bounded (residual with the correction kept within 2 by a tanh: no runaway under the "
     "clamp) or local_range (bounded, each pixel kept within the range of the input around it)",
     "refiner_window": "window, in pixels, of the local_range output (odd)",
+    "refiner_slack": "how far (in [-1, 1] units) the local_range output may leave the range "
+    "of the input around a pixel",
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
     "disc_blur": "Gaussian blur sigma (px) on the discriminator's inputs (0: none, the paper)",
+    "disc_highpass": "the discriminator sees its input minus a Gaussian blur of this sigma "
+    "(px): local detail, not absolute depth (0: off, the paper)",
     "psi": "self-regularisation feature transform: identity, channel_mean (colour), "
     "standardized (per-image zero mean, unit std: tone changes are free) or smooth "
     "(standardized after a 1 px blur: pixel noise is free too)",
@@ -569,6 +582,7 @@ def make_config(preset: str = "cpu", **overrides: Any) -> Config:
 LEGACY: dict[str, Any] = {
     "refiner_output": "tanh",
     "refiner_window": 3,
+    "refiner_slack": 0.05,
     "builtin_sim": "eyes",
     "builtin_size": 224,
     "builtin_real": "real",

@@ -35,9 +35,9 @@ class ResnetBlock(nn.Module):
 
 
 OUTPUTS = ("tanh", "residual", "bounded", "local_range")
-# How far beyond the range of the depths around it a "local_range" refiner may move a pixel:
-# 0.05 of the [-1, 1] range is 7.5 mm of a 300 mm cube, several times a Kinect's noise at arm's
-# length (about 1.5 mm at 700 mm), so R can add sensor noise on a flat surface.
+# How far beyond the range of the depths around it a "local_range" refiner may move a pixel,
+# by default: 0.05 of the [-1, 1] range is 7.5 mm of a 300 mm cube, several times a Kinect's
+# noise at arm's length (about 1.5 mm at 700 mm), so R can add sensor noise on a flat surface.
 RANGE_SLACK = 0.05
 
 
@@ -63,14 +63,14 @@ class Refiner(nn.Module):
 
     `output` "local_range" (ours, for depth) is "bounded" with each refined pixel also kept
     within the range of the input depths in the `window` x `window` pixels around it, give or
-    take ``RANGE_SLACK`` for noise. A depth sensor's artifacts only mix the surfaces it sees:
-    noise, flying pixels between a surface and the one behind it, drop-outs that show what
-    lies behind. None draws a surface nearer than every one around it, or removes a hand's
-    interior. A refiner free to do either was rewarded for it by D (a rim of nearer depth
-    round the silhouette, hands erased to the far plane) and wrecked the labels; within the
-    window it can still make every artifact above, at the window's scale. Where the window is
-    all far plane there is no slack: a haze over the background, which no real crop has
-    after hole filling, cost the estimator another 4 px (BENCHMARKS.md, "Depth hands").
+    take `slack` (default ``RANGE_SLACK``) for noise. A depth sensor's artifacts only mix the
+    surfaces it sees: noise, flying pixels between a surface and the one behind it, drop-outs
+    that show what lies behind. None draws a surface nearer than every one around it, or removes
+    a hand's interior. A refiner free to do either was rewarded for it by D (a rim of nearer
+    depth round the silhouette, hands erased to the far plane) and wrecked the labels; within
+    the window it can still make every artifact above, at the window's scale. Where the window
+    is all far plane there is no slack: a haze over the background, which no real crop has after
+    hole filling, cost the estimator another 4 px (BENCHMARKS.md, "Depth hands").
     """
 
     def __init__(
@@ -82,13 +82,17 @@ class Refiner(nn.Module):
         noise_channels: int = 0,
         output: str = "tanh",
         window: int = 3,
+        slack: float = RANGE_SLACK,
     ) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if window < 1 or window % 2 == 0:
             raise ValueError(f"window must be odd and positive, got {window}")
+        if not 0.0 <= slack < 2.0:
+            raise ValueError(f"slack must be in [0, 2), got {slack}")
         self.noise_channels, self.output, self.window = noise_channels, output, window
+        self.slack = slack
         self.stem = nn.Conv2d(
             channels + noise_channels, width, kernel, padding=kernel // 2, padding_mode="reflect"
         )
@@ -125,8 +129,8 @@ class Refiner(nn.Module):
         lo = -F.max_pool2d(-image, self.window, stride=1, padding=pad)
         # Noise belongs to measured surfaces: where the window holds nothing but the far plane
         # (nothing in the cube), the refined pixel stays exactly there, as a real crop's does.
-        lo = torch.where(lo >= 1.0, lo, (lo - RANGE_SLACK).clamp(min=-1.0))
-        hi = (hi + RANGE_SLACK).clamp(max=1.0)
+        lo = torch.where(lo >= 1.0, lo, (lo - self.slack).clamp(min=-1.0))
+        hi = (hi + self.slack).clamp(max=1.0)
         return out + (torch.minimum(torch.maximum(out, lo), hi) - out).detach()
 
 
@@ -214,3 +218,25 @@ class GaussianBlur(nn.Module):
             return x
         padded = F.pad(x, (self.radius,) * 4, mode="reflect")  # (B, C, H + 2r, W + 2r)
         return F.conv2d(padded, self.kernel.to(x.dtype), groups=self.channels)  # (B, C, H, W)
+
+
+class HighPass(nn.Module):
+    """The image minus its Gaussian blur (sigma px); identity at sigma 0.
+
+    Used on the discriminator's inputs (``--disc-highpass``, ours, for depth): a depth crop's
+    values are millimetres relative to the palm, so their distribution carries the pose
+    distribution (how far the fingers and the forearm lie from the palm), which differs
+    between simulator and sensor and which a refiner must not copy. A D that sees absolute
+    depth rewarded R for moving whole fingers and forearms by the slack it has (BENCHMARKS.md,
+    "Depth hands"); what is left after the blur is subtracted is what a sensor adds: noise,
+    drop-outs, flying pixels and ragged edges.
+    """
+
+    def __init__(self, sigma: float, channels: int = 1) -> None:
+        super().__init__()
+        self.blur = GaussianBlur(sigma, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blur.sigma == 0:
+            return x
+        return x - self.blur(x)  # (B, C, H, W)

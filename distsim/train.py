@@ -63,7 +63,7 @@ from distsim.guards import (
 from distsim.history import CODE_LEVELS, HistoryBuffer, codes_fit, deal, merged_images
 from distsim.images import depth_grid, grid, plot_curves, save_png, titled
 from distsim.losses import PSI
-from distsim.models import GaussianBlur
+from distsim.models import GaussianBlur, HighPass
 from distsim.realism import RealismProbe
 from distsim.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 from shards.cliutil import one_line
@@ -464,8 +464,11 @@ class Run:
             refiner_ddp, discriminator_ddp, opt_r, opt_d,
             raw_refiner=self.r_raw, raw_discriminator=self.d_raw,
             psi=PSI[cfg.psi], lambda_reg=cfg.lambda_reg, adversarial=cfg.adversarial,
-            # What D looks at: the images, blurred alike for real and refined (--disc-blur).
-            d_view=GaussianBlur(cfg.disc_blur, channels).to(device),
+            # What D looks at: the images, blurred alike for real and refined (--disc-blur),
+            # then minus a wider blur (--disc-highpass).
+            d_view=torch.nn.Sequential(
+                GaussianBlur(cfg.disc_blur, channels), HighPass(cfg.disc_highpass, channels)
+            ).to(device),
             history=self.history, sharded_history=self.sharded,
             gather=self.comm.counted("d_history", accelerator.gather),
             rank=self.rank, world_size=self.world, precision=self.precision,

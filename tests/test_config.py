@@ -42,6 +42,8 @@ def test_flags_override_preset():
         (["--history-size", "4", "--batch-size", "8"], "--history-size 4"),
         (["--refiner-kernel", "4"], "odd"),
         (["--refiner-window", "4"], "--refiner-window must be odd"),
+        (["--refiner-slack", "-0.1"], "--refiner-slack must be in"),
+        (["--disc-highpass", "-1"], "--disc-highpass must be"),
         (["--refiner-output", "sigmoid"], "--refiner-output must be one of"),
         (["--batch-size", "7"], "even"),
     ],

@@ -12,7 +12,7 @@ from distsim.losses import (
     psi_identity,
     self_regularization_loss,
 )
-from distsim.models import RANGE_SLACK, REAL, REFINED, Discriminator, Refiner
+from distsim.models import RANGE_SLACK, REAL, REFINED, Discriminator, HighPass, Refiner
 
 
 @pytest.mark.parametrize(
@@ -220,11 +220,12 @@ def test_standardized_psi_prices_shape_not_tone():
     torch.testing.assert_close(standardized.std(1), torch.ones(4), atol=2e-3, rtol=0)
 
 
-def test_local_range_refiner_keeps_each_pixel_within_the_depths_around_it():
+@pytest.mark.parametrize("slack", [RANGE_SLACK, 0.02])
+def test_local_range_refiner_keeps_each_pixel_within_the_depths_around_it(slack: float):
     """A sensor's artifacts only mix the surfaces it sees: no refined pixel may be nearer than
     the nearest input depth in its window or farther than the farthest (plus the slack)."""
     torch.manual_seed(0)
-    r = Refiner(1, 8, 2, 5, noise_channels=1, output="local_range", window=3)
+    r = Refiner(1, 8, 2, 5, noise_channels=1, output="local_range", window=3, slack=slack)
     x = torch.ones(2, 1, 16, 16)  # far plane
     x[:, :, 4:12, 6:10] = torch.linspace(-0.9, 0.3, 8).view(8, 1)  # a "finger"
     noise = torch.randn(2, 1, 16, 16)
@@ -235,15 +236,30 @@ def test_local_range_refiner_keeps_each_pixel_within_the_depths_around_it():
     y = r(x, noise)
     xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
     windows = torch.stack([xp[..., i : i + 16, j : j + 16] for i in range(3) for j in range(3)])
-    lo, hi = windows.min(0).values - RANGE_SLACK, windows.max(0).values + RANGE_SLACK
+    lo, hi = windows.min(0).values - slack, windows.max(0).values + slack
     assert (y >= lo - 1e-6).all() and (y <= hi + 1e-6).all()
     # Background two pixels from the finger stays exactly the far plane: no rim, no haze.
     assert (y[:, :, :, :5] == 1.0).all() and (y[:, :, :, 11:] == 1.0).all()
     # Inside the finger, far from its edge, it cannot be erased to the far plane.
-    assert (y[:, :, 6:10, 7:9] <= x[:, :, 6:10, 7:9] + 0.2 + RANGE_SLACK).all()
+    assert (y[:, :, 6:10, 7:9] <= x[:, :, 6:10, 7:9] + 0.2 + slack).all()
     # The edge may move anywhere between the finger and the far plane (flying pixels).
-    assert (y[:, :, 4:12, 5] < 1.0 - RANGE_SLACK).any()
+    assert (y[:, :, 4:12, 5] < 1.0 - slack).any()
     y.sum().backward()  # the clamp passes the gradient straight through
     assert r.head.bias.grad.abs().item() > 0
     with pytest.raises(ValueError, match="window must be odd"):
         Refiner(1, 8, 1, 3, output="local_range", window=4)
+    with pytest.raises(ValueError, match="slack must be in"):
+        Refiner(1, 8, 1, 3, output="local_range", slack=-0.1)
+
+
+def test_highpass_hides_a_depth_offset_and_keeps_detail():
+    """What D sees through --disc-highpass: shifting a whole crop in depth changes nothing,
+    a one-pixel drop-out still shows; sigma 0 is the identity."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 24, 24) * 0.1 - 0.3
+    view = HighPass(2.0)
+    torch.testing.assert_close(view(x + 0.2), view(x), atol=1e-5, rtol=0)
+    dropped = x.clone()
+    dropped[:, :, 12, 12] = 1.0
+    assert (view(dropped) - view(x))[:, :, 12, 12].min() > 0.8
+    assert torch.equal(HighPass(0.0)(x), x)
