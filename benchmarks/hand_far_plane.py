@@ -15,7 +15,10 @@ is all far plane; here a value within 0.05 of it counts as inside there too).
 ``--perfect-seed S`` adds the same numbers for a perfect refiner: the same hands rendered
 in the real look (``distsim.sim.hands.render(..., look="real")``), when the synthetic shards
 are the simulator's stream with seed S (checked). For a refiner with a noise input, also how
-much two noise draws change its refined hand pixels. Every row ends with the realism score
+much two noise draws change its refined hand pixels. ``--picture OUT.png`` (with
+``--perfect-seed``) draws the first crops, one row each: synthetic | each checkpoint's
+weight-averaged refinement | the perfect one, then each change from synthetic in red (nearer)
+and blue (farther), saturating at +-0.05 (7.5 mm). Every row ends with the realism score
 training logs (``distsim.realism``: a fresh classifier's held-out
 accuracy at telling these crops from the real ones; 0.5 = indistinguishable).
 """
@@ -61,8 +64,13 @@ def main() -> int:
     p.add_argument("--real", type=Path, required=True)
     p.add_argument("--count", type=int, default=64)
     p.add_argument("--perfect-seed", type=int, default=None)
+    p.add_argument("--picture", type=Path, default=None)
+    p.add_argument("--picture-rows", type=int, default=6)
     p.add_argument("checkpoints", nargs="*", type=Path)
     args = p.parse_args()
+    if args.picture is not None and args.perfect_seed is None:
+        p.error("--picture needs --perfect-seed")
+    averaged: list[torch.Tensor] = []  # each checkpoint's weight-averaged refinement
     codes = first_images(args.synthetic, args.count)  # (n, 1, S, S)
     x = depth_to_unit(codes)
     real = depth_to_unit(first_images(args.real, args.count))
@@ -101,7 +109,38 @@ def main() -> int:
                 else:
                     y = refiner(x)
             print(f"{ckpt.name} {weights}: {changes(x, y)}{used}{realism(y)}")
+            if weights == "ema":
+                averaged.append(y)
+    if args.picture is not None:
+        n = args.picture_rows
+        picture(args.picture, x[:n], [t[:n] for t in (*averaged, perfect)])
+        print(f"picture -> {args.picture}")
     return 0
+
+
+def picture(path: Path, x: torch.Tensor, refined: list[torch.Tensor]) -> None:
+    """Rows of crops: x | each of `refined` | each one's change from x (red nearer, blue
+    farther, +-0.05), 3x enlarged; the depths coloured over each synthetic hand's range."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    from distsim.depth import depth_rgb
+
+    def framed(rgb: np.ndarray) -> np.ndarray:
+        return np.pad(rgb, ((2, 2), (2, 2), (0, 0)), constant_values=255)
+
+    rows = []
+    for i in range(len(x)):
+        hand = x[i, 0][x[i, 0] < 1.0]
+        lo, hi = (float(hand.min()), float(hand.max())) if hand.numel() else (-1.0, 1.0)
+        tiles = [depth_rgb(t[i, 0].numpy(), lo=lo, hi=hi) for t in (x, *refined)]
+        for y in refined:
+            change = ((y - x)[i, 0].numpy() + 0.05) / 0.1  # 0.5 = unchanged
+            tiles.append(colormaps["RdBu"](np.clip(change, 0.0, 1.0), bytes=True)[..., :3])
+        rows.append(np.concatenate([framed(t) for t in tiles], axis=1))
+    sheet = np.concatenate(rows, axis=0)
+    h, w = sheet.shape[:2]
+    Image.fromarray(sheet).resize((3 * w, 3 * h), Image.NEAREST).save(path)
 
 
 if __name__ == "__main__":
