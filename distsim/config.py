@@ -347,6 +347,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # hand D sees 71 px here, 32 % of the crop, as the eye geometry does at 64 px.
         "refiner_output": "local_range",
         "refiner_window": 7,
+        "refiner_slack": 0.02,  # as hands-cpu: depth units, so the same at any crop size
         "disc_arch": "hands",
         "psi": "identity",
         "lambda_reg": 2.0,  # as hands-cpu; not validated at this size (no GPU yet)
@@ -384,6 +385,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         # plane (11-16 % against 22-25 %; a perfect refiner 4 %).
         "refiner_output": "local_range",
         "refiner_window": 3,
+        # Slack 0.02 (3 mm, about twice the sensor's noise at 700 mm), not 0.05: with 0.05 R
+        # moved whole forearms and fingers in depth (validation seeds 50 / 51: refined 10.27
+        # / 11.57 px against synthetic 10.35 / 11.67); with 0.02, 10.20 / 10.46 / 10.64 on
+        # seeds 50-52 against 10.35 / 11.67 / 10.10 (BENCHMARKS.md, "Depth hands").
+        "refiner_slack": 0.02,
         "disc_arch": "eyes",
         "disc_widths": (32, 32, 16, 16),
         "psi": "identity",
