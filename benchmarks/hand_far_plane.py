@@ -10,8 +10,9 @@ that is exactly +1 (as 78 % of every real crop's pixels are, once holes are fill
 |change| on hand pixels, the fraction of hand pixels sent to the far plane (> 0.9: fingers
 erased) and of background pixels made hand (< 0.9), and the fraction of pixels outside the
 range of the input depths in the 3x3 window around them, +-0.05 (``--refiner-output
-local_range``'s bound at window 3, except that the refiner allows no slack where the window
-is all far plane; here a value within 0.05 of it counts as inside there too).
+local_range``'s bound at window 3 and the default ``--refiner-slack``; the hand presets' 0.02
+is tighter, so their refiners always score 0 here; and the refiner allows no slack where the
+window is all far plane, while here a value within 0.05 of it counts as inside there too).
 ``--perfect-seed S`` adds the same numbers for a perfect refiner: the same hands rendered
 in the real look (``distsim.sim.hands.render(..., look="real")``), when the synthetic shards
 are the simulator's stream with seed S (checked). For a refiner with a noise input, also how
