@@ -120,28 +120,21 @@ def main() -> int:
 
 
 def picture(path: Path, x: torch.Tensor, refined: list[torch.Tensor]) -> None:
-    """Rows of crops: x | each of `refined` | each one's change from x (red nearer, blue
-    farther, +-0.05), 3x enlarged; the depths coloured over each synthetic hand's range."""
+    """Rows of crops: x | each of `refined` (``distsim.images.depth_grid``: one colour scale
+    per row, over x's hand) | each one's change from x (red nearer, blue farther, +-0.05)."""
     from matplotlib import colormaps
-    from PIL import Image
 
-    from distsim.depth import depth_rgb
+    from distsim.images import depth_grid, grid, save_png
 
-    def framed(rgb: np.ndarray) -> np.ndarray:
-        return np.pad(rgb, ((2, 2), (2, 2), (0, 0)), constant_values=255)
-
-    rows = []
-    for i in range(len(x)):
-        hand = x[i, 0][x[i, 0] < 1.0]
-        lo, hi = (float(hand.min()), float(hand.max())) if hand.numel() else (-1.0, 1.0)
-        tiles = [depth_rgb(t[i, 0].numpy(), lo=lo, hi=hi) for t in (x, *refined)]
-        for y in refined:
-            change = ((y - x)[i, 0].numpy() + 0.05) / 0.1  # 0.5 = unchanged
-            tiles.append(colormaps["RdBu"](np.clip(change, 0.0, 1.0), bytes=True)[..., :3])
-        rows.append(np.concatenate([framed(t) for t in tiles], axis=1))
-    sheet = np.concatenate(rows, axis=0)
-    h, w = sheet.shape[:2]
-    Image.fromarray(sheet).resize((3 * w, 3 * h), Image.NEAREST).save(path)
+    depths = depth_grid([x, *refined], [None] * (1 + len(refined)))
+    changes = []
+    for y in refined:
+        shade = ((y - x)[:, 0].numpy() + 0.05) / 0.1  # (N, H, W); 0.5 = unchanged
+        rgb = colormaps["RdBu"](np.clip(shade, 0.0, 1.0), bytes=True)[..., :3]  # (N, H, W, 3)
+        # Back to [-1, 1] floats (N, 3, H, W), as depth_grid does, so `grid` lays them out.
+        changes.append(torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    scale = max(1, 128 // max(x.shape[-2:]))  # depth_grid's enlargement
+    save_png(np.concatenate([depths, grid(changes, scale=scale)], axis=1), path)
 
 
 if __name__ == "__main__":
