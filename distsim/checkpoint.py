@@ -310,6 +310,7 @@ def build_models(cfg: Config, channels: int) -> tuple[Refiner, Discriminator]:
         cfg.refiner_output,
         cfg.refiner_window,
         cfg.refiner_slack,
+        cfg.refiner_highpass,
     )
     discriminator = Discriminator(channels, cfg.disc_widths, cfg.disc_arch)
     return refiner, discriminator

@@ -77,6 +77,9 @@ class Config:
     # How far beyond that range (in [-1, 1] units; 0.05 is 7.5 mm of the 300 mm cube) R may
     # move a pixel: room for the sensor's noise, and no more (see models.Refiner).
     refiner_slack: float = 0.05
+    # Gaussian blur (sigma, px) taken off R's correction, so it cannot move a region as a
+    # whole (a forearm in depth) and keeps pixel-sized changes; 0: off. See models.Refiner.
+    refiner_highpass: float = 0.0
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)
     # Feature transform for self-regularisation: identity (the paper, grey) | channel_mean (the
@@ -200,6 +203,7 @@ class Config:
             "history_size",
             "disc_blur",
             "disc_highpass",
+            "refiner_highpass",
             "check_every",
             "refiner_noise",
             "ema_halflife",
@@ -216,6 +220,9 @@ class Config:
             raise ValueError(f"--refiner-window must be odd and >= 1, got {self.refiner_window}")
         if not 0.0 <= self.refiner_slack < 2.0:
             raise ValueError(f"--refiner-slack must be in [0, 2), got {self.refiner_slack}")
+        if self.refiner_highpass > 0 and self.refiner_output == "tanh":
+            raise ValueError("--refiner-highpass needs --refiner-output residual, bounded or "
+                             "local_range (a correction added to the input), not tanh")  # fmt: skip
         choices = {
             "disc_arch": ("eyes", "hands"),
             "refiner_output": ("tanh", "residual", "bounded", "local_range"),
@@ -241,7 +248,7 @@ class Config:
                     f"--{_flag(name)} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
         for name in ("lambda_reg", "lr_r", "lr_r_pretrain", "lr_d", "disc_blur", "disc_highpass",
-                     "ema_halflife", "adam_beta1"):  # fmt: skip
+                     "refiner_highpass", "ema_halflife", "adam_beta1"):  # fmt: skip
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(
                     f"--{_flag(name)} must be a finite number, got {getattr(self, name)}"
@@ -439,6 +446,8 @@ HELP: dict[str, str] = {
     "refiner_window": "window, in pixels, of the local_range output (odd)",
     "refiner_slack": "how far (in [-1, 1] units) the local_range output may leave the range "
     "of the input around a pixel",
+    "refiner_highpass": "Gaussian blur sigma (px) taken off the refiner's correction, so it "
+    "cannot move a whole region in depth (0: off; not with --refiner-output tanh)",
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
     "disc_blur": "Gaussian blur sigma (px) on the discriminator's inputs (0: none, the paper)",
@@ -589,6 +598,7 @@ LEGACY: dict[str, Any] = {
     "refiner_output": "tanh",
     "refiner_window": 3,
     "refiner_slack": 0.05,
+    "refiner_highpass": 0.0,
     "builtin_sim": "eyes",
     "builtin_size": 224,
     "builtin_real": "real",

@@ -71,6 +71,13 @@ class Refiner(nn.Module):
     the window it can still make every artifact above, at the window's scale. Where the window
     is all far plane there is no slack: a haze over the background, which no real crop has after
     hole filling, cost the estimator another 4 px (BENCHMARKS.md, "Depth hands").
+
+    `highpass` > 0 (ours, for depth) takes a Gaussian blur of that sigma (px) off the head's
+    correction before it is added: a change as wide as a finger or a forearm, such as moving
+    it in depth, cancels, while a pixel's noise, drop-out or flying value keeps nearly all of
+    itself (96 % at sigma 2). Depth relative to the palm carries the pose distribution, which
+    D sees and a refiner must not copy; within the slack R still moved whole forearms and
+    fingers (BENCHMARKS.md, "Depth hands").
     """
 
     def __init__(
@@ -83,6 +90,7 @@ class Refiner(nn.Module):
         output: str = "tanh",
         window: int = 3,
         slack: float = RANGE_SLACK,
+        highpass: float = 0.0,
     ) -> None:
         super().__init__()
         if output not in OUTPUTS:
@@ -92,7 +100,13 @@ class Refiner(nn.Module):
         if not 0.0 <= slack < 2.0:
             raise ValueError(f"slack must be in [0, 2), got {slack}")
         self.noise_channels, self.output, self.window = noise_channels, output, window
+        if highpass < 0:
+            raise ValueError(f"highpass must be >= 0, got {highpass}")
+        if highpass > 0 and output == "tanh":
+            raise ValueError("highpass needs an output made as input + correction, not tanh")
         self.slack = slack
+        # Deferred: HighPass is defined below this class.
+        self.highpass = HighPass(highpass, channels)
         self.stem = nn.Conv2d(
             channels + noise_channels, width, kernel, padding=kernel // 2, padding_mode="reflect"
         )
@@ -121,7 +135,7 @@ class Refiner(nn.Module):
             return torch.tanh(out)
         if self.output != "residual":
             out = 2.0 * torch.tanh(out)
-        out = image + out
+        out = image + self.highpass(out)
         if self.output != "local_range":
             return out + (out.clamp(-1.0, 1.0) - out).detach()  # clamped; gradient straight through
         pad = self.window // 2

@@ -44,6 +44,8 @@ def test_flags_override_preset():
         (["--refiner-window", "4"], "--refiner-window must be odd"),
         (["--refiner-slack", "-0.1"], "--refiner-slack must be in"),
         (["--disc-highpass", "-1"], "--disc-highpass must be"),
+        (["--refiner-highpass", "-1"], "--refiner-highpass must be"),
+        (["--refiner-highpass", "2"], "--refiner-highpass needs --refiner-output"),
         (["--refiner-output", "sigmoid"], "--refiner-output must be one of"),
         (["--batch-size", "7"], "even"),
     ],

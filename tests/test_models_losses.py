@@ -252,6 +252,32 @@ def test_local_range_refiner_keeps_each_pixel_within_the_depths_around_it(slack:
         Refiner(1, 8, 1, 3, output="local_range", slack=-0.1)
 
 
+def test_highpass_refiner_cannot_move_a_region_but_can_drop_a_pixel():
+    """--refiner-highpass: a correction as wide as a forearm (R's head asking for the whole
+    crop 0.5 farther) cancels, while a one-pixel correction keeps nearly all of itself; the
+    local range still bounds what is left, and sigma 0 is the plain local_range refiner."""
+    torch.manual_seed(0)
+    x = torch.full((2, 1, 24, 24), 1.0)  # far plane
+    x[:, :, 4:20, 6:18] = torch.linspace(-0.5, 0.2, 16).view(16, 1)  # a forearm
+    r = Refiner(1, 8, 1, 3, output="local_range", slack=0.5, highpass=2.0)
+    with torch.no_grad():
+        r.head.bias.fill_(0.3)  # the same correction everywhere: 2 tanh(0.3) = 0.58
+    torch.testing.assert_close(r(x), x)  # a constant has no high frequencies
+    plain = Refiner(1, 8, 1, 3, output="local_range", slack=0.5)
+    plain.load_state_dict(r.state_dict())  # the blur kernel is not a weight
+    assert (plain(x) - x)[:, :, 8:16, 9:15].min() > 0.4  # without it the forearm moves
+    # One pixel asked to drop to the far plane keeps 96 % of the change at sigma 2.
+    one = torch.zeros(1, 1, 24, 24)
+    one[..., 12, 12] = 1.0
+    kept = r.highpass(one)[..., 12, 12].item()
+    assert 0.95 < kept < 0.97
+    torch.testing.assert_close(r.highpass(one).sum(), torch.tensor(0.0), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="highpass must be >= 0"):
+        Refiner(1, 8, 1, 3, output="local_range", highpass=-1.0)
+    with pytest.raises(ValueError, match="not tanh"):
+        Refiner(1, 8, 1, 3, output="tanh", highpass=2.0)
+
+
 def test_highpass_hides_a_depth_offset_and_keeps_detail():
     """What D sees through --disc-highpass: shifting a whole crop in depth changes nothing,
     a one-pixel drop-out still shows; sigma 0 is the identity."""
