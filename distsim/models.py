@@ -72,8 +72,8 @@ class Refiner(nn.Module):
     is all far plane there is no slack: a haze over the background, which no real crop has after
     hole filling, cost the estimator another 4 px (BENCHMARKS.md, "Depth hands").
 
-    `highpass` > 0 (ours, for depth) takes a Gaussian blur of that sigma (px) off the head's
-    correction before it is added: a change as wide as a finger or a forearm, such as moving
+    `highpass` > 0 (ours, for depth) takes a Gaussian blur of that sigma (px) off the refined
+    change (what is left of the correction after the clamp), then clamps again: a change as wide as a finger or a forearm, such as moving
     it in depth, cancels, while a pixel's noise, drop-out or flying value keeps nearly all of
     itself (96 % at sigma 2). Depth relative to the palm carries the pose distribution, which
     D sees and a refiner must not copy; within the slack R still moved whole forearms and
@@ -135,17 +135,30 @@ class Refiner(nn.Module):
             return torch.tanh(out)
         if self.output != "residual":
             out = 2.0 * torch.tanh(out)
-        out = image + self.highpass(out)
-        if self.output != "local_range":
-            return out + (out.clamp(-1.0, 1.0) - out).detach()  # clamped; gradient straight through
-        pad = self.window // 2
-        hi = F.max_pool2d(image, self.window, stride=1, padding=pad)  # (B, C, H, W)
-        lo = -F.max_pool2d(-image, self.window, stride=1, padding=pad)
-        # Noise belongs to measured surfaces: where the window holds nothing but the far plane
-        # (nothing in the cube), the refined pixel stays exactly there, as a real crop's does.
-        lo = torch.where(lo >= 1.0, lo, (lo - self.slack).clamp(min=-1.0))
-        hi = (hi + self.slack).clamp(max=1.0)
-        return out + (torch.minimum(torch.maximum(out, lo), hi) - out).detach()
+        out = image + out
+        if self.output == "local_range":
+            pad = self.window // 2
+            hi = F.max_pool2d(image, self.window, stride=1, padding=pad)  # (B, C, H, W)
+            lo = -F.max_pool2d(-image, self.window, stride=1, padding=pad)
+            # Noise belongs to measured surfaces: where the window holds nothing but the far
+            # plane (nothing in the cube), the refined pixel stays exactly there, as a real
+            # crop's does.
+            lo = torch.where(lo >= 1.0, lo, (lo - self.slack).clamp(min=-1.0))
+            hi = (hi + self.slack).clamp(max=1.0)
+        else:
+            lo, hi = torch.full_like(image, -1.0), torch.ones_like(image)
+        out = _clamp_straight_through(out, lo, hi)
+        if self.highpass.blur.sigma > 0:
+            # On the change that survived the clamp: taken off the head's raw correction, a
+            # large one the clamp hides (under the far plane) would spill its blur onto the
+            # hand and move it as a whole after all.
+            out = _clamp_straight_through(image + self.highpass(out - image), lo, hi)
+        return out
+
+
+def _clamp_straight_through(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """x clamped to [lo, hi] elementwise, the gradient passed straight through."""
+    return x + (torch.minimum(torch.maximum(x, lo), hi) - x).detach()
 
 
 # Per-architecture layer geometry (kernel, stride) for the four convolutions and the pool,

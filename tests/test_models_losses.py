@@ -252,26 +252,54 @@ def test_local_range_refiner_keeps_each_pixel_within_the_depths_around_it(slack:
         Refiner(1, 8, 1, 3, output="local_range", slack=-0.1)
 
 
+class _FixedHead(torch.nn.Module):
+    """A refiner head that asks for the correction `change` whatever it is shown."""
+
+    def __init__(self, change: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = torch.atanh(change / 2.0)  # local_range squashes by 2 tanh
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.logits
+
+
 def test_highpass_refiner_cannot_move_a_region_but_can_drop_a_pixel():
-    """--refiner-highpass: a correction as wide as a forearm (R's head asking for the whole
-    crop 0.5 farther) cancels, while a one-pixel correction keeps nearly all of itself; the
-    local range still bounds what is left, and sigma 0 is the plain local_range refiner."""
-    torch.manual_seed(0)
-    x = torch.full((2, 1, 24, 24), 1.0)  # far plane
+    """--refiner-highpass: a correction as wide as a forearm (R asking for all of it 0.5
+    farther) cancels inside it, one the clamp hides under the far plane does not spill onto
+    the hand, and a one-pixel drop-out keeps nearly all of itself; sigma 0 is the plain
+    local_range refiner."""
+    x = torch.full((1, 1, 24, 24), 1.0)  # far plane
     x[:, :, 4:20, 6:18] = torch.linspace(-0.5, 0.2, 16).view(16, 1)  # a forearm
+    forearm = torch.zeros_like(x, dtype=torch.bool)
+    forearm[:, :, 4:20, 6:18] = True
     r = Refiner(1, 8, 1, 3, output="local_range", slack=0.5, highpass=2.0)
-    with torch.no_grad():
-        r.head.bias.fill_(0.3)  # the same correction everywhere: 2 tanh(0.3) = 0.58
-    torch.testing.assert_close(r(x), x)  # a constant has no high frequencies
     plain = Refiner(1, 8, 1, 3, output="local_range", slack=0.5)
     plain.load_state_dict(r.state_dict())  # the blur kernel is not a weight
-    assert (plain(x) - x)[:, :, 8:16, 9:15].min() > 0.4  # without it the forearm moves
-    # One pixel asked to drop to the far plane keeps 96 % of the change at sigma 2.
+
+    r.head = plain.head = _FixedHead(torch.full_like(x, 0.5))
+    assert (plain(x) - x)[:, :, 8:16, 10:14].min() > 0.4  # without it the forearm moves...
+    assert (r(x) - x)[:, :, 8:16, 10:14].abs().max() < 0.02  # ...with it, its middle does not
+
+    # A large correction over the background only: clamped away there, and not blurred onto
+    # the forearm (taking the blur off the raw correction would move its rim 0.5 nearer).
+    r.head = _FixedHead(torch.where(forearm, 0.0, 1.9))
+    torch.testing.assert_close(r(x), x)
+
+    # A drop-out asked at one pixel of the forearm's edge still happens, nearly whole; what
+    # the blur takes off it pulls the pixels around it nearer, no further than the local range
+    # lets them (a row's step of the forearm's slope plus the slack).
+    drop = torch.zeros_like(x)
+    drop[..., 12, 6] = 1.9
+    r = Refiner(1, 8, 1, 3, output="local_range", slack=0.02, highpass=2.0)
+    r.head = _FixedHead(drop)
+    moved = r(x) - x
+    assert moved[..., 12, 6].item() > 0.9 * (1.0 - x[..., 12, 6].item())
+    moved[..., 12, 6] = 0.0
+    assert moved.min() >= -(0.7 / 15 + 0.02) - 1e-6 and moved.max() <= 0.0
+
     one = torch.zeros(1, 1, 24, 24)
     one[..., 12, 12] = 1.0
-    kept = r.highpass(one)[..., 12, 12].item()
-    assert 0.95 < kept < 0.97
-    torch.testing.assert_close(r.highpass(one).sum(), torch.tensor(0.0), atol=1e-5, rtol=0)
+    assert 0.95 < r.highpass(one)[..., 12, 12].item() < 0.97  # 96 % of a pixel kept at sigma 2
     with pytest.raises(ValueError, match="highpass must be >= 0"):
         Refiner(1, 8, 1, 3, output="local_range", highpass=-1.0)
     with pytest.raises(ValueError, match="not tanh"):
