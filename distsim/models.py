@@ -73,10 +73,11 @@ class Refiner(nn.Module):
     hole filling, cost the estimator another 4 px (BENCHMARKS.md, "Depth hands").
 
     `highpass` > 0 (ours, for depth) takes a Gaussian blur of that sigma (px) off the refined
-    change (what is left of the correction after the clamp), then clamps again: a change as wide as a finger or a forearm, such as moving
-    it in depth, cancels, while a pixel's noise, drop-out or flying value keeps nearly all of
-    itself (96 % at sigma 2). Depth relative to the palm carries the pose distribution, which
-    D sees and a refiner must not copy; within the slack R still moved whole forearms and
+    change (what is left of the correction after the clamp), then clamps again: a change as
+    wide as a finger or a forearm, such as moving it in depth, cancels, while a pixel's noise,
+    drop-out or flying value keeps nearly all of itself (96 % at sigma 2). Depth relative to
+    the palm carries the pose distribution, which D sees and a refiner must not copy; within
+    the slack R still moved whole forearms and
     fingers (BENCHMARKS.md, "Depth hands").
     """
 
