@@ -77,8 +77,8 @@ class Refiner(nn.Module):
     wide as a finger or a forearm, such as moving it in depth, cancels, while a pixel's noise,
     drop-out or flying value keeps nearly all of itself (96 % at sigma 2). Depth relative to
     the palm carries the pose distribution, which D sees and a refiner must not copy; within
-    the slack R still moved whole forearms and
-    fingers (BENCHMARKS.md, "Depth hands").
+    the slack R still moved whole forearms and fingers. It did not help the estimator
+    (BENCHMARKS.md, "Depth hands"), so it is off in every preset.
     """
 
     def __init__(
