@@ -77,8 +77,8 @@ class Config:
     # How far beyond that range (in [-1, 1] units; 0.05 is 7.5 mm of the 300 mm cube) R may
     # move a pixel: room for the sensor's noise, and no more (see models.Refiner).
     refiner_slack: float = 0.05
-    # Gaussian blur (sigma, px) taken off R's correction, so it cannot move a region as a
-    # whole (a forearm in depth) and keeps pixel-sized changes; 0: off. See models.Refiner.
+    # Gaussian blur (sigma, px) taken off R's change, so it cannot move a region as a whole
+    # (a forearm in depth) and keeps pixel-sized changes; 0: off. See models.Refiner.
     refiner_highpass: float = 0.0
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)
@@ -446,7 +446,7 @@ HELP: dict[str, str] = {
     "refiner_window": "window, in pixels, of the local_range output (odd)",
     "refiner_slack": "how far (in [-1, 1] units) the local_range output may leave the range "
     "of the input around a pixel",
-    "refiner_highpass": "Gaussian blur sigma (px) taken off the refiner's correction, so it "
+    "refiner_highpass": "Gaussian blur sigma (px) taken off the refiner's change, so it "
     "cannot move a whole region in depth (0: off; not with --refiner-output tanh)",
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",

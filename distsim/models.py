@@ -106,7 +106,6 @@ class Refiner(nn.Module):
         if highpass > 0 and output == "tanh":
             raise ValueError("highpass needs an output made as input + correction, not tanh")
         self.slack = slack
-        # Deferred: HighPass is defined below this class.
         self.highpass = HighPass(highpass, channels)
         self.stem = nn.Conv2d(
             channels + noise_channels, width, kernel, padding=kernel // 2, padding_mode="reflect"

@@ -266,8 +266,8 @@ class _FixedHead(torch.nn.Module):
 def test_highpass_refiner_cannot_move_a_region_but_can_drop_a_pixel():
     """--refiner-highpass: a correction as wide as a forearm (R asking for all of it 0.5
     farther) cancels inside it, one the clamp hides under the far plane does not spill onto
-    the hand, and a one-pixel drop-out keeps nearly all of itself; sigma 0 is the plain
-    local_range refiner."""
+    the hand, and a one-pixel drop-out keeps nearly all of itself; the same refiner without
+    it (sigma 0, the default) moves the forearm."""
     x = torch.full((1, 1, 24, 24), 1.0)  # far plane
     x[:, :, 4:20, 6:18] = torch.linspace(-0.5, 0.2, 16).view(16, 1)  # a forearm
     forearm = torch.zeros_like(x, dtype=torch.bool)
