@@ -69,7 +69,7 @@ LAST_WEIGHTS, BEST_BY_REALISM = "refined (last weights)", "refined (best by real
 ROW_SETTINGS = ("preset", "simgan_flags", "train_count", "test_count", "estimator_steps",
                 "estimator_batch", "width_mult", "no_4x")  # fmt: skip
 # What a report written before a setting existed ran with.
-SETTING_BEFORE = {"no_4x": "False"}
+SETTING_BEFORE = {"no_4x": "False", "estimator_seeds": "1"}
 
 
 def say(text: str) -> None:

@@ -3,7 +3,7 @@
     python -m distsim.report hands --out reports/hands [--preset hands-cpu] [--seeds 0 1 2]
         [--simgan-flags '...'] [--train-count 2000] [--test-count 500]
         [--estimator-steps 2400] [--estimator-batch 16] [--estimator-width 32]
-        [--estimator-depth 2] [--stem-stride 4]
+        [--estimator-depth 2] [--stem-stride 4] [--estimator-seeds 1]
 
 For each seed: render `3 * train-count` labelled synthetic hand crops, `train-count` labelled
 "real" crops (the upper bound: an estimator trained on labelled real data) and `test-count`
@@ -15,7 +15,8 @@ when the run keeps one), and train the stacked-hourglass estimator
 (`distsim.evaluate_hands`, CPU size by default: 2 stacks of width 32 and depth 2, stride-4
 stem, 2,400 steps of 16) on each row's crops, testing it on the held-out real ones. Rows:
 "synthetic", "refined" and "real" (the first `train-count` crops of each set) and "synthetic
-3x" and "refined 3x" (all `3 * train-count`).
+3x" and "refined 3x" (all `3 * train-count`). With `--estimator-seeds K` each row is the
+mean of K estimators (seeds S, S + 100, ...), shared by every row of the seed.
 
 "3x" here is three times as many simulator poses. The paper's "3x" is NYU's three Kinect
 views of each frame (front, top, side: `shards convert nyu --views 1,2,3`); the built-in
@@ -59,7 +60,11 @@ ROWS = ("synthetic", "refined", "real", "synthetic 3x", "refined 3x")
 TABLE_PX = (5, 10, 20)
 # Settings that change a row's number; rows made under other values are never reused.
 ROW_SETTINGS = ("preset", "simgan_flags", "train_count", "test_count", "estimator_steps",
-                "estimator_batch", "estimator_width", "estimator_depth", "stem_stride")  # fmt: skip
+                "estimator_batch", "estimator_width", "estimator_depth", "stem_stride",
+                "estimator_seeds")  # fmt: skip
+# Estimator k of a row trains with seed + ESTIMATOR_SEED_STEP * k: every row of a seed shares
+# each estimator's initial weights and data order, so rows stay paired.
+ESTIMATOR_SEED_STEP = 100
 
 
 def add_parser(tasks: Any) -> None:
@@ -99,6 +104,10 @@ def add_parser(tasks: Any) -> None:
                    help="down-samplings per hourglass (paper: 4)")  # fmt: skip
     h.add_argument("--stem-stride", type=int, choices=(1, 2, 4), default=4,
                    help="input side / heatmap side")  # fmt: skip
+    # One estimator's seed alone moved a row by up to 1.6 px at the CPU sizes, more than a
+    # refiner moves it (BENCHMARKS.md, "Depth hands"); K estimators per row average that out.
+    h.add_argument("--estimator-seeds", type=positive_int, default=1,
+                   help="estimators per row, seeds S, S+100, ...: their mean")  # fmt: skip
 
 
 def simgan_config(args: argparse.Namespace) -> Config:
@@ -161,13 +170,45 @@ def run_seed(
             train = syn
         count = 3 * n if name.endswith("3x") else n
         say(f"seed {seed}: row '{name}' ({count:,} crops of {train.name})")
-        rows[name] = train_and_test_hands(
-            train, test, steps=args.estimator_steps, batch_size=args.estimator_batch,
-            width=args.estimator_width, depth=args.estimator_depth, stem_stride=args.stem_stride,
-            seed=seed, train_count=count, num_workers=0, log_every=100, progress=True,
-        )  # fmt: skip
+        runs = []
+        for k in range(args.estimator_seeds):
+            runs.append(train_and_test_hands(
+                train, test, steps=args.estimator_steps, batch_size=args.estimator_batch,
+                width=args.estimator_width, depth=args.estimator_depth,
+                stem_stride=args.stem_stride, seed=seed + ESTIMATOR_SEED_STEP * k,
+                train_count=count, num_workers=0, log_every=100, progress=True,
+            ))  # fmt: skip
+        rows[name] = mean_of_estimators(runs)
         save()
     return simgan
+
+
+def mean_of_estimators(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from several estimators' reports: the first's, with every score (the within-d
+    percentages and joint errors, overall and per joint) averaged over them, and each one's
+    seed and headline numbers under "estimators"."""
+    if len(runs) == 1:
+        return runs[0]
+    row = dict(runs[0])
+    for key in runs[0]:
+        if key.startswith(("within_", "mean_joint_error")):
+            row[key] = _mean([r[key] for r in runs])
+    row["estimators"] = [
+        {"seed": r["config"]["seed"], "mean_joint_error_px": r["mean_joint_error_px"],
+         "within_max_pct": r["within_max_pct"]}
+        for r in runs
+    ]  # fmt: skip
+    return row
+
+
+def _mean(values: list[Any]) -> Any:
+    """Elementwise mean of numbers, or of lists or dicts of them, all shaped alike."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _mean([v[k] for v in values]) for k in first}
+    if isinstance(first, list):
+        return [_mean(list(col)) for col in zip(*values, strict=True)]
+    return statistics.mean(values)
 
 
 def summarise(per_seed: list[dict[str, Any]]) -> tuple[str, dict[str, list[float]]]:

@@ -3,6 +3,7 @@ the table and the plot, reuse of finished rows, and one-line errors."""
 
 import json
 
+import pytest
 from PIL import Image
 
 from distsim import report_hands
@@ -91,6 +92,39 @@ def test_hands_report_runs_every_row_and_seed_then_reuses_them(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert err.startswith("distsim.report: error: ") and "\n" not in err
     assert "--estimator-steps '2', not '3'" in err
+    assert main([*_argv(out, "--seeds", "0"), "--estimator-seeds", "2"]) == 2
+    assert "--estimator-seeds '1', not '2'" in capsys.readouterr().err
+    # A report from before the option existed had one estimator per row, and says so.
+    old = json.loads((out / "report.json").read_text())
+    del old["args"]["estimator_seeds"]
+    (out / "report.json").write_text(json.dumps(old))
+    assert main(_argv(out, "--seeds", "0")) == 0
+
+
+def test_hands_report_averages_several_estimators_per_row(tmp_path, capsys):
+    """--estimator-seeds 2: each row is the mean of estimators seeded S and S + 100, each
+    one's numbers kept; the estimator with seed S is the one a one-estimator report trains."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    rows = ["--rows", "synthetic", "real"]
+    assert main(_argv(one, "--seeds", "3", *rows)) == 0
+    assert main(_argv(two, "--seeds", "3", "--estimator-seeds", "2", *rows)) == 0
+    single = json.loads((one / "report.json").read_text())["seeds"][0]["domains"]["real"]
+    double = json.loads((two / "report.json").read_text())["seeds"][0]["domains"]["real"]
+    for name in ("synthetic", "real"):
+        row, alone = double["rows"][name], single["rows"][name]
+        first, second = row["estimators"]
+        assert (first["seed"], second["seed"]) == (3, 103)
+        assert first["mean_joint_error_px"] == alone["mean_joint_error_px"]
+        assert first["mean_joint_error_px"] != second["mean_joint_error_px"]
+        mean = (first["mean_joint_error_px"] + second["mean_joint_error_px"]) / 2
+        assert row["mean_joint_error_px"] == pytest.approx(mean)
+        for d in range(21):
+            pair = (first["within_max_pct"][d], second["within_max_pct"][d])
+            assert row["within_max_pct"][d] == pytest.approx(sum(pair) / 2)
+        per_joint = row["mean_joint_error_per_joint_px"]  # averaged too: still adds up
+        assert per_joint.keys() == alone["mean_joint_error_per_joint_px"].keys()
+        assert sum(per_joint.values()) / len(per_joint) == pytest.approx(mean)
+    assert "estimators" not in single["rows"]["synthetic"]
 
 
 def test_hands_report_rows_split_between_calls(tmp_path, capsys):
