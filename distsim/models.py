@@ -146,7 +146,7 @@ class Refiner(nn.Module):
             lo = torch.where(lo >= 1.0, lo, (lo - self.slack).clamp(min=-1.0))
             hi = (hi + self.slack).clamp(max=1.0)
         else:
-            lo, hi = torch.full_like(image, -1.0), torch.ones_like(image)
+            lo, hi = -1.0, 1.0
         out = _clamp_straight_through(out, lo, hi)
         if self.highpass.blur.sigma > 0:
             # On the change that survived the clamp: taken off the head's raw correction, a
@@ -156,9 +156,12 @@ class Refiner(nn.Module):
         return out
 
 
-def _clamp_straight_through(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """x clamped to [lo, hi] elementwise, the gradient passed straight through."""
-    return x + (torch.minimum(torch.maximum(x, lo), hi) - x).detach()
+def _clamp_straight_through(
+    x: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float
+) -> torch.Tensor:
+    """x clamped to [lo, hi] (numbers, or tensors elementwise), the gradient passed straight
+    through."""
+    return x + (x.clamp(lo, hi) - x).detach()
 
 
 # Per-architecture layer geometry (kernel, stride) for the four convolutions and the pool,
