@@ -124,7 +124,7 @@ def picture(path: Path, x: torch.Tensor, refined: list[torch.Tensor]) -> None:
     per row, over x's hand) | each one's change from x (red nearer, blue farther, +-0.05)."""
     from matplotlib import colormaps
 
-    from distsim.images import depth_grid, grid, save_png
+    from distsim.images import depth_grid, depth_scale, grid, save_png
 
     depths = depth_grid([x, *refined], [None] * (1 + len(refined)))
     changes = []
@@ -133,7 +133,7 @@ def picture(path: Path, x: torch.Tensor, refined: list[torch.Tensor]) -> None:
         rgb = colormaps["RdBu"](np.clip(shade, 0.0, 1.0), bytes=True)[..., :3]  # (N, H, W, 3)
         # Back to [-1, 1] floats (N, 3, H, W), as depth_grid does, so `grid` lays them out.
         changes.append(torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 127.5 - 1)
-    scale = max(1, 128 // max(x.shape[-2:]))  # depth_grid's enlargement
+    scale = depth_scale(*x.shape[-2:])
     save_png(np.concatenate([depths, grid(changes, scale=scale)], axis=1), path)
 
 

@@ -35,6 +35,11 @@ def grid(columns: list[torch.Tensor], scale: int = 4, pad: int = 2) -> np.ndarra
     return out
 
 
+def depth_scale(h: int, w: int) -> int:
+    """How many times ``depth_grid`` enlarges an h x w crop: to about 128 px."""
+    return max(1, 128 // max(h, w))
+
+
 def depth_grid(
     columns: list[torch.Tensor], valid: list[torch.Tensor | None], pad: int = 2
 ) -> np.ndarray:
@@ -46,7 +51,7 @@ def depth_grid(
     from distsim.depth import FAR, depth_rgb
 
     n, _, h, w = columns[0].shape
-    scale = max(1, 128 // max(h, w))
+    scale = depth_scale(h, w)
     first = columns[0][:, 0].detach().float().cpu().numpy()  # (N, H, W)
     rgb_cols: list[torch.Tensor] = []
     for col, mask in zip(columns, valid, strict=True):
