@@ -311,6 +311,7 @@ def build_models(cfg: Config, channels: int) -> tuple[Refiner, Discriminator]:
         cfg.refiner_window,
         cfg.refiner_slack,
         cfg.refiner_highpass,
+        cfg.refiner_dropout,
     )
     discriminator = Discriminator(channels, cfg.disc_widths, cfg.disc_arch)
     return refiner, discriminator

@@ -80,6 +80,9 @@ class Config:
     # Gaussian blur (sigma, px) taken off R's change, so it cannot move a region as a whole
     # (a forearm in depth) and keeps pixel-sized changes; 0: off. See models.Refiner.
     refiner_highpass: float = 0.0
+    # Random drop-outs (ours, for depth): R also learns a per-pixel rate at which a pixel
+    # shows the farthest depth around it, drawn from its noise input. See models.Refiner.
+    refiner_dropout: bool = False
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)
     # Feature transform for self-regularisation: identity (the paper, grey) | channel_mean (the
@@ -223,6 +226,10 @@ class Config:
         if self.refiner_highpass > 0 and self.refiner_output == "tanh":
             raise ValueError("--refiner-highpass needs --refiner-output residual, bounded or "
                              "local_range (a correction added to the input), not tanh")  # fmt: skip
+        local = self.refiner_output == "local_range"
+        if self.refiner_dropout and not (local and self.refiner_noise):
+            raise ValueError("--refiner-dropout needs --refiner-output local_range and "
+                             "--refiner-noise 1 or more (its draws)")  # fmt: skip
         choices = {
             "disc_arch": ("eyes", "hands"),
             "refiner_output": ("tanh", "residual", "bounded", "local_range"),
@@ -448,6 +455,8 @@ HELP: dict[str, str] = {
     "of the input around a pixel",
     "refiner_highpass": "Gaussian blur sigma (px) taken off the refiner's change, so it "
     "cannot move a whole region in depth (0: off; not with --refiner-output tanh)",
+    "refiner_dropout": "the refiner also learns a per-pixel rate of random drop-outs to the "
+    "farthest depth around (local_range and a noise input only)",
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
     "disc_blur": "Gaussian blur sigma (px) on the discriminator's inputs (0: none, the paper)",
@@ -599,6 +608,7 @@ LEGACY: dict[str, Any] = {
     "refiner_window": 3,
     "refiner_slack": 0.05,
     "refiner_highpass": 0.0,
+    "refiner_dropout": False,
     "builtin_sim": "eyes",
     "builtin_size": 224,
     "builtin_real": "real",

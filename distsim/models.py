@@ -39,6 +39,9 @@ OUTPUTS = ("tanh", "residual", "bounded", "local_range")
 # by default: 0.05 of the [-1, 1] range is 7.5 mm of a 300 mm cube, several times a Kinect's
 # noise at arm's length (about 1.5 mm at 700 mm), so R can add sensor noise on a flat surface.
 RANGE_SLACK = 0.05
+# The drop-out head's logit offset: a zero-initialised head starts at p = sigmoid(-4), about 1
+# pixel in 50, near the identity and a few Adam steps from a sensor's rate at an edge.
+DROP_LOGIT_START = -4.0
 
 
 class Refiner(nn.Module):
@@ -79,6 +82,20 @@ class Refiner(nn.Module):
     the palm carries the pose distribution, which D sees and a refiner must not copy; within
     the slack R still moved whole forearms and fingers. It did not help the estimator
     (BENCHMARKS.md, "Depth hands"), so it is off in every preset.
+
+    `dropout` (ours, for depth; needs "local_range" and a noise input) adds a second head
+    channel: a per-pixel drop-out rate p, and each pixel, at random with probability p, shows
+    the farthest depth in its window instead, as ``depth.fill_invalid`` fills a real crop's
+    holes (the far plane at a silhouette, the surface behind at an inner edge, about the same
+    depth inside a surface). The draw is the first noise channel's, through the normal CDF,
+    so ``refine`` stays deterministic. The rest of the change may then take a pixel no
+    farther than its own depth plus the slack: a sensor shows a surface farther than it is
+    only by missing it, and R, left a deterministic way to do the same, eroded every
+    silhouette by it and let p fall to zero. p's gradient passes straight through the 0/1 draw
+    at the sigmoid's steepest slope (1/4), not its own: at the p of a rare drop-out the true
+    slope is so small that Adam's epsilon swallowed it and p never rose again. Pretraining
+    leaves the drop-outs out (``forward(drop=False)``): with them, the identity's loss drove
+    the logits to -44 in 200 steps.
     """
 
     def __init__(
@@ -92,6 +109,7 @@ class Refiner(nn.Module):
         window: int = 3,
         slack: float = RANGE_SLACK,
         highpass: float = 0.0,
+        dropout: bool = False,
     ) -> None:
         super().__init__()
         if output not in OUTPUTS:
@@ -105,7 +123,9 @@ class Refiner(nn.Module):
             raise ValueError(f"highpass must be >= 0, got {highpass}")
         if highpass > 0 and output == "tanh":
             raise ValueError("highpass needs an output made as input + correction, not tanh")
-        self.slack = slack
+        if dropout and (output != "local_range" or not noise_channels):
+            raise ValueError("dropout needs output 'local_range' and noise_channels >= 1")
+        self.slack, self.dropout = slack, dropout
         self.highpass = HighPass(highpass, channels)
         self.stem = nn.Conv2d(
             channels + noise_channels, width, kernel, padding=kernel // 2, padding_mode="reflect"
@@ -117,20 +137,27 @@ class Refiner(nn.Module):
             with torch.no_grad():
                 self.stem.weight[:, channels:].zero_()
         self.blocks = nn.Sequential(*(ResnetBlock(width, kernel) for _ in range(blocks)))
-        self.head = nn.Conv2d(width, channels, 1)
+        self.head = nn.Conv2d(width, channels + int(dropout), 1)
         if output != "tanh":  # starts as the identity
             with torch.no_grad():
                 self.head.weight.zero_()
                 self.head.bias.zero_()
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, noise: torch.Tensor | None = None, drop: bool = True
+    ) -> torch.Tensor:
+        """R(x). ``drop=False`` leaves out a `dropout` refiner's drop-outs (pretraining to
+        the identity: every drop-out costs there, so the rate would be driven to where no
+        gradient brings it back before D has asked for any)."""
         image = x  # (B, C, H, W)
         if self.noise_channels:
             if noise is None:
                 raise ValueError(f"this refiner takes {self.noise_channels} noise channels")
             x = torch.cat([x, noise.to(x.dtype)], dim=1)  # (B, C + noise, H, W)
         h = torch.relu(self.stem(x))  # (B, width, H, W)
-        out = self.head(self.blocks(h))  # (B, C, H, W)
+        out = self.head(self.blocks(h))  # (B, C [+ 1 drop-out logit], H, W)
+        if self.dropout:
+            out, drop_logit = out[:, :-1], out[:, -1:]  # (B, C, H, W), (B, 1, H, W)
         if self.output == "tanh":
             return torch.tanh(out)
         if self.output != "residual":
@@ -144,6 +171,8 @@ class Refiner(nn.Module):
             # plane (nothing in the cube), the refined pixel stays exactly there, as a real
             # crop's does.
             lo = torch.where(lo >= 1.0, lo, (lo - self.slack).clamp(min=-1.0))
+            if self.dropout:
+                farthest, hi = hi, image  # farther only by a drop-out
             hi = (hi + self.slack).clamp(max=1.0)
         else:
             lo, hi = -1.0, 1.0
@@ -153,6 +182,13 @@ class Refiner(nn.Module):
             # large one the clamp hides (under the far plane) would spill its blur onto the
             # hand and move it as a whole after all.
             out = _clamp_straight_through(image + self.highpass(out - image), lo, hi)
+        if self.dropout and drop:
+            assert noise is not None  # checked above
+            logit = drop_logit + DROP_LOGIT_START  # (B, 1, H, W)
+            u = 0.5 * torch.erfc(-noise[:, :1].to(logit.dtype) / math.sqrt(2.0))  # uniform
+            drop = (u < torch.sigmoid(logit)).to(logit.dtype)
+            drop = drop + (logit - logit.detach()) / 4.0  # 0 or 1 forward; slope 1/4 backward
+            out = out + drop * (farthest - out)
         return out
 
 

@@ -224,7 +224,8 @@ class SimGANStep:
         self, syn: torch.Tensor, noise: torch.Tensor | None, adversarial: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
-            refined = self.refiner(syn) if noise is None else self.refiner(syn, noise)
+            # Pretraining leaves a refiner's drop-outs out (models.Refiner).
+            refined = self.refiner(syn) if noise is None else self.refiner(syn, noise, adversarial)
             # Pretraining teaches R the identity, whatever psi the adversarial phase uses: a
             # psi that makes tone free (standardized) would otherwise let pretraining end on
             # a flattened image instead of the one it was given.

@@ -46,6 +46,11 @@ def test_flags_override_preset():
         (["--disc-highpass", "-1"], "--disc-highpass must be"),
         (["--refiner-highpass", "-1"], "--refiner-highpass must be"),
         (["--refiner-highpass", "2"], "--refiner-highpass needs --refiner-output"),
+        (["--refiner-dropout"], "--refiner-dropout needs --refiner-output local_range"),
+        (
+            ["--refiner-dropout", "--refiner-output", "local_range", "--refiner-noise", "0"],
+            "--refiner-dropout needs",
+        ),
         (["--refiner-output", "sigmoid"], "--refiner-output must be one of"),
         (["--batch-size", "7"], "even"),
     ],

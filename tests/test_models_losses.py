@@ -12,7 +12,15 @@ from distsim.losses import (
     psi_identity,
     self_regularization_loss,
 )
-from distsim.models import RANGE_SLACK, REAL, REFINED, Discriminator, HighPass, Refiner
+from distsim.models import (
+    DROP_LOGIT_START,
+    RANGE_SLACK,
+    REAL,
+    REFINED,
+    Discriminator,
+    HighPass,
+    Refiner,
+)
 
 
 @pytest.mark.parametrize(
@@ -304,6 +312,51 @@ def test_highpass_refiner_cannot_move_a_region_but_can_drop_a_pixel():
         Refiner(1, 8, 1, 3, output="local_range", highpass=-1.0)
     with pytest.raises(ValueError, match="not tanh"):
         Refiner(1, 8, 1, 3, output="tanh", highpass=2.0)
+
+
+def test_dropout_refiner_drops_at_its_rate_to_the_farthest_depth_around():
+    """--refiner-dropout: each pixel shows the farthest depth in its window exactly where its
+    draw (the first noise channel through the normal CDF) falls under the head's rate p, so
+    a silhouette loses a random part of its edge to the far plane and an inner edge takes
+    the surface behind; flat surfaces are unchanged; the same noise gives the same crop; the
+    rest of the change cannot take a pixel farther than itself plus the slack; and p's
+    gradient is what moving the pixel to the farthest depth is worth, times 1/4."""
+    x = torch.ones(64, 1, 16, 16)  # far plane
+    x[:, :, 3:13, 3:13] = 0.0  # a palm
+    x[:, :, 6:10, 5:9] = -0.5  # a finger in front of it
+    farthest = F.max_pool2d(x, 3, stride=1, padding=1)
+    torch.manual_seed(0)
+    noise = torch.randn(64, 1, 16, 16)
+    r = Refiner(1, 8, 1, 3, noise_channels=1, output="local_range", slack=0.02, dropout=True)
+    edges = farthest > x
+    start = (r(x, noise) != x).float()[edges].mean().item()
+    assert start < 0.03  # near the identity at first (p = sigmoid(-4))
+
+    rate = 0.3
+    with torch.no_grad():
+        r.head.bias[1] = math.log(rate / (1 - rate)) - DROP_LOGIT_START
+    y = r(x, noise)
+    drawn = torch.special.ndtr(noise) < rate
+    torch.testing.assert_close(y, torch.where(drawn, farthest, x), rtol=0, atol=0)
+    assert abs((y != x).float()[edges].mean().item() - rate) < 0.02
+    assert ((y == 1.0) & (x < 1.0) & (farthest == 1.0)).any()  # silhouette -> far plane
+    inner = edges & (x == -0.5) & (farthest == 0.0)
+    assert (y[inner] == 0.0).any() and (y[inner] == -0.5).any()  # finger edge -> palm behind
+    assert torch.equal(r(x, noise), y)
+
+    y.mean().backward()
+    expected = (0.25 * (farthest - x)).sum() / x.numel()
+    torch.testing.assert_close(r.head.bias.grad[1], expected, rtol=1e-4, atol=1e-7)
+
+    with torch.no_grad():
+        r.head.bias[0] = 1.0  # the rest of the change: everything 2 tanh(1) = 1.5 farther
+    y = r(x, noise)
+    kept = ~drawn & (x < 1.0)
+    torch.testing.assert_close(y[kept], (x + 0.02)[kept])
+    with pytest.raises(ValueError, match="dropout needs"):
+        Refiner(1, 8, 1, 3, output="local_range", dropout=True)
+    with pytest.raises(ValueError, match="dropout needs"):
+        Refiner(1, 8, 1, 3, noise_channels=1, output="bounded", dropout=True)
 
 
 def test_highpass_hides_a_depth_offset_and_keeps_detail():

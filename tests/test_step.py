@@ -177,3 +177,29 @@ def test_ranks_draw_the_rows_of_the_noise_one_rank_would_draw_for_the_global_bat
     sharded = [_step(noise_channels=1, rank=r, world_size=2, sharded_history=True) for r in (0, 1)]
     a, b = (step._noise(_images(4)) for step in sharded)
     assert not torch.equal(a, b)
+
+
+def test_pretraining_leaves_the_drop_out_rate_alone_and_the_adversarial_phase_moves_it():
+    """--refiner-dropout: R's pretraining to the identity must not see its drop-outs (every
+    one costs there, and the rate would be driven to where no gradient brings it back), so its
+    drop-out channel gets no gradient then; in the adversarial phase it does."""
+    torch.manual_seed(0)
+    refiner = Refiner(1, 8, 1, 3, 1, output="local_range", slack=0.02, dropout=True)
+    discriminator = Discriminator(1, (8, 8, 8, 8))
+    opt_r = torch.optim.Adam(refiner.parameters(), 1e-3)
+    opt_d = torch.optim.Adam(discriminator.parameters(), 1e-3)
+    step = SimGANStep(
+        refiner, discriminator, opt_r, opt_d, psi=psi_standardized, lambda_reg=0.5,
+        noise_channels=1,
+    )  # fmt: skip
+    x = torch.ones(8, 1, 35, 55)
+    x[:, :, 8:28, 10:40] = 0.0  # a surface with edges to drop
+    drop_weight = lambda: refiner.head.weight[1].detach().clone()  # noqa: E731
+    before = drop_weight()
+    for _ in range(3):
+        stats = step.refiner_step(x, adversarial=False)
+        assert stats[R_STATS.index("r_change")].item() == 0.0  # the identity: no drop-outs
+    assert torch.equal(drop_weight(), before)
+    stats = step.refiner_step(x, adversarial=True)
+    assert stats[R_STATS.index("r_change")].item() > 0.0  # p = sigmoid(-4) at the edges
+    assert not torch.equal(drop_weight(), before)
