@@ -39,9 +39,11 @@ OUTPUTS = ("tanh", "residual", "bounded", "local_range")
 # by default: 0.05 of the [-1, 1] range is 7.5 mm of a 300 mm cube, several times a Kinect's
 # noise at arm's length (about 1.5 mm at 700 mm), so R can add sensor noise on a flat surface.
 RANGE_SLACK = 0.05
-# The drop-out head's logit offset: a zero-initialised head starts at p = sigmoid(-4), about 1
-# pixel in 50, near the identity and a few Adam steps from a sensor's rate at an edge.
-DROP_LOGIT_START = -4.0
+# A zero-initialised drop-out head's logit: p = sigmoid(-1.1) = 0.25, the low end of what the
+# sensor drops along an edge (25-55 %, distsim.sim.hands), so D lowers it where real crops keep
+# their pixels instead of R having to raise it from nothing. On a surface a drop-out moves a
+# pixel by the surface's slope across one pixel, within the window.
+DROP_LOGIT_START = -1.1
 
 
 class Refiner(nn.Module):
@@ -86,16 +88,15 @@ class Refiner(nn.Module):
     `dropout` (ours, for depth; needs "local_range" and a noise input) adds a second head
     channel: a per-pixel drop-out rate p, and each pixel, at random with probability p, shows
     the farthest depth in its window instead, as ``depth.fill_invalid`` fills a real crop's
-    holes (the far plane at a silhouette, the surface behind at an inner edge, about the same
-    depth inside a surface). The draw is the first noise channel's, through the normal CDF,
-    so ``refine`` stays deterministic. The rest of the change may then take a pixel no
-    farther than its own depth plus the slack: a sensor shows a surface farther than it is
-    only by missing it, and R, left a deterministic way to do the same, eroded every
-    silhouette by it and let p fall to zero. p's gradient passes straight through the 0/1 draw
-    at the sigmoid's steepest slope (1/4), not its own: at the p of a rare drop-out the true
-    slope is so small that Adam's epsilon swallowed it and p never rose again. Pretraining
-    leaves the drop-outs out (``forward(drop=False)``): with them, the identity's loss drove
-    the logits to -44 in 200 steps.
+    holes (the far plane at a silhouette, the surface behind at an inner edge). The draw is
+    the first noise channel's through the normal CDF, so ``refine`` stays deterministic, and
+    p's gradient passes straight through the 0/1 draw. The rest of the change may then take
+    a pixel no farther than its own depth plus the slack: a sensor shows a surface farther
+    than it is only by missing it, and given a deterministic way to do the same, R erodes
+    whole silhouettes with it instead of dropping a random part of each edge. p starts at a
+    quarter (``DROP_LOGIT_START``) and is left out of pretraining (``forward(drop=False)``):
+    a rate pushed towards zero before D has learnt what real edges lose stays there, where
+    the sigmoid's slope is nil (BENCHMARKS.md, "Depth hands").
     """
 
     def __init__(
@@ -147,8 +148,7 @@ class Refiner(nn.Module):
         self, x: torch.Tensor, noise: torch.Tensor | None = None, drop: bool = True
     ) -> torch.Tensor:
         """R(x). ``drop=False`` leaves out a `dropout` refiner's drop-outs (pretraining to
-        the identity: every drop-out costs there, so the rate would be driven to where no
-        gradient brings it back before D has asked for any)."""
+        the identity, which would drive their rate to zero)."""
         image = x  # (B, C, H, W)
         if self.noise_channels:
             if noise is None:
@@ -164,9 +164,8 @@ class Refiner(nn.Module):
             out = 2.0 * torch.tanh(out)
         out = image + out
         if self.output == "local_range":
-            pad = self.window // 2
-            hi = F.max_pool2d(image, self.window, stride=1, padding=pad)  # (B, C, H, W)
-            lo = -F.max_pool2d(-image, self.window, stride=1, padding=pad)
+            hi = farthest_depth(image, self.window)  # (B, C, H, W)
+            lo = -farthest_depth(-image, self.window)
             # Noise belongs to measured surfaces: where the window holds nothing but the far
             # plane (nothing in the cube), the refined pixel stays exactly there, as a real
             # crop's does.
@@ -184,12 +183,18 @@ class Refiner(nn.Module):
             out = _clamp_straight_through(image + self.highpass(out - image), lo, hi)
         if self.dropout and drop:
             assert noise is not None  # checked above
-            logit = drop_logit + DROP_LOGIT_START  # (B, 1, H, W)
-            u = 0.5 * torch.erfc(-noise[:, :1].to(logit.dtype) / math.sqrt(2.0))  # uniform
-            drop = (u < torch.sigmoid(logit)).to(logit.dtype)
-            drop = drop + (logit - logit.detach()) / 4.0  # 0 or 1 forward; slope 1/4 backward
-            out = out + drop * (farthest - out)
+            p = torch.sigmoid(drop_logit + DROP_LOGIT_START)  # (B, 1, H, W)
+            u = 0.5 * torch.erfc(-noise[:, :1].to(p.dtype) / math.sqrt(2.0))  # uniform (0, 1)
+            # Exactly the farthest depth where drawn (the 0 added is exact), p's gradient
+            # passed straight through the draw.
+            out = torch.where(u < p, farthest, out) + (p - p.detach()) * (farthest - out)
         return out
+
+
+def farthest_depth(x: torch.Tensor, window: int) -> torch.Tensor:
+    """The farthest (largest) value in each pixel's `window` x `window` neighbourhood:
+    (B, C, H, W) -> (B, C, H, W); what a `dropout` refiner's drop-out shows."""
+    return F.max_pool2d(x, window, stride=1, padding=window // 2)
 
 
 def _clamp_straight_through(

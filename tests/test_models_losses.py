@@ -320,7 +320,7 @@ def test_dropout_refiner_drops_at_its_rate_to_the_farthest_depth_around():
     a silhouette loses a random part of its edge to the far plane and an inner edge takes
     the surface behind; flat surfaces are unchanged; the same noise gives the same crop; the
     rest of the change cannot take a pixel farther than itself plus the slack; and p's
-    gradient is what moving the pixel to the farthest depth is worth, times 1/4."""
+    gradient is what moving the pixel to the farthest depth is worth, times p (1 - p)."""
     x = torch.ones(64, 1, 16, 16)  # far plane
     x[:, :, 3:13, 3:13] = 0.0  # a palm
     x[:, :, 6:10, 5:9] = -0.5  # a finger in front of it
@@ -330,7 +330,8 @@ def test_dropout_refiner_drops_at_its_rate_to_the_farthest_depth_around():
     r = Refiner(1, 8, 1, 3, noise_channels=1, output="local_range", slack=0.02, dropout=True)
     edges = farthest > x
     start = (r(x, noise) != x).float()[edges].mean().item()
-    assert start < 0.03  # near the identity at first (p = sigmoid(-4))
+    assert abs(start - 0.25) < 0.03  # a quarter of each edge at first (p = sigmoid(-1.1))
+    assert torch.equal(r(x, noise, drop=False), x)  # and the identity without drop-outs
 
     rate = 0.3
     with torch.no_grad():
@@ -343,9 +344,15 @@ def test_dropout_refiner_drops_at_its_rate_to_the_farthest_depth_around():
     inner = edges & (x == -0.5) & (farthest == 0.0)
     assert (y[inner] == 0.0).any() and (y[inner] == -0.5).any()  # finger edge -> palm behind
     assert torch.equal(r(x, noise), y)
+    with torch.no_grad():
+        r.head.bias[1] = 3.0 - DROP_LOGIT_START  # p = 0.95: still exactly the farthest depth
+    high = torch.special.ndtr(noise) < torch.sigmoid(torch.tensor(3.0))
+    assert torch.equal(r(x, noise), torch.where(high, farthest, x))
+    with torch.no_grad():
+        r.head.bias[1] = math.log(rate / (1 - rate)) - DROP_LOGIT_START
 
     y.mean().backward()
-    expected = (0.25 * (farthest - x)).sum() / x.numel()
+    expected = (rate * (1 - rate) * (farthest - x)).sum() / x.numel()
     torch.testing.assert_close(r.head.bias.grad[1], expected, rtol=1e-4, atol=1e-7)
 
     with torch.no_grad():
