@@ -227,9 +227,9 @@ class Config:
             raise ValueError("--refiner-highpass needs --refiner-output residual, bounded or "
                              "local_range (a correction added to the input), not tanh")  # fmt: skip
         local = self.refiner_output == "local_range"
-        if self.refiner_dropout and not (local and self.refiner_noise):
-            raise ValueError("--refiner-dropout needs --refiner-output local_range and "
-                             "--refiner-noise 1 or more (its draws)")  # fmt: skip
+        if self.refiner_dropout and not (local and self.refiner_noise and self.psi == "identity"):
+            raise ValueError("--refiner-dropout needs --refiner-output local_range, "
+                             "--refiner-noise 1 or more and --psi identity")  # fmt: skip
         choices = {
             "disc_arch": ("eyes", "hands"),
             "refiner_output": ("tanh", "residual", "bounded", "local_range"),

@@ -99,10 +99,18 @@ def global_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def self_regularization_loss(
-    refined: torch.Tensor, synthetic: torch.Tensor, psi: Psi = psi_identity
+    refined: torch.Tensor,
+    synthetic: torch.Tensor,
+    psi: Psi = psi_identity,
+    free: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean |psi(R(x)) - psi(x)| per image: (B, C, H, W) x2 -> (B,)."""
+    """Mean |psi(R(x)) - psi(x)| per image: (B, C, H, W) x2 -> (B,).
+
+    `free` (B, C, H, W), with the identity psi only: a refined pixel exactly equal to it costs
+    nothing (a depth refiner's drop-out to the farthest depth around, ``models.Refiner``)."""
     diff = (psi(refined).float() - psi(synthetic).float()).abs()
+    if free is not None:
+        diff = torch.where(refined == free, 0.0, diff)
     return diff.flatten(1).mean(dim=1)  # (B,)
 
 

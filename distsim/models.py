@@ -94,9 +94,10 @@ class Refiner(nn.Module):
     a pixel no farther than its own depth plus the slack: a sensor shows a surface farther
     than it is only by missing it, and given a deterministic way to do the same, R erodes
     whole silhouettes with it instead of dropping a random part of each edge. p starts at a
-    quarter (``DROP_LOGIT_START``) and is left out of pretraining (``forward(drop=False)``):
-    a rate pushed towards zero before D has learnt what real edges lose stays there, where
-    the sigmoid's slope is nil (BENCHMARKS.md, "Depth hands").
+    quarter (``DROP_LOGIT_START``), is left out of pretraining (``forward(drop=False)``) and
+    costs no self-regularisation in training (``losses.self_regularization_loss``'s `free`):
+    a drop-out changes no label, and a rate pushed towards zero before D has learnt what real
+    edges lose stays there, where the sigmoid's slope is nil (BENCHMARKS.md, "Depth hands").
     """
 
     def __init__(

@@ -111,6 +111,7 @@ class SimGANStep:
         compile: bool = False,
         compile_mode: str = "default",
         update_if: Callable[[torch.Tensor], bool] | None = None,
+        free_target: Callable[[torch.Tensor], torch.Tensor] | None = None,
         warn: Callable[[str], None] = _warn,
     ) -> None:
         if adversarial not in ("local", "global"):
@@ -124,6 +125,9 @@ class SimGANStep:
         self.d_raw = raw_discriminator if raw_discriminator is not None else discriminator
         self.opt_r, self.opt_d = opt_r, opt_d
         self.psi, self.lambda_reg = psi, lambda_reg
+        # x -> what a refined pixel may equal at no self-regularisation cost in the
+        # adversarial phase (losses.self_regularization_loss's `free`).
+        self.free_target = free_target
         self.verdicts = global_logits if adversarial == "global" else _same
         self.d_view = d_view if d_view is not None else nn.Identity()
         self.history = history
@@ -230,7 +234,8 @@ class SimGANStep:
             # psi that makes tone free (standardized) would otherwise let pretraining end on
             # a flattened image instead of the one it was given.
             psi = self.psi if adversarial else psi_identity
-            reg = self_regularization_loss(refined, syn, psi).mean()
+            free = self.free_target(syn) if adversarial and self.free_target else None
+            reg = self_regularization_loss(refined, syn, psi, free).mean()
             if adversarial:
                 logits = self.verdicts(self._frozen_d(self.d_view(refined)))
                 adv = local_adversarial_loss(logits, REAL).mean()

@@ -51,6 +51,7 @@ def test_flags_override_preset():
             ["--refiner-dropout", "--refiner-output", "local_range", "--refiner-noise", "0"],
             "--refiner-dropout needs",
         ),
+        (["--preset", "hands-cpu", "--refiner-dropout", "--psi", "smooth"], "--psi identity"),
         (["--refiner-output", "sigmoid"], "--refiner-output must be one of"),
         (["--batch-size", "7"], "even"),
     ],

@@ -20,6 +20,7 @@ from distsim.models import (
     Discriminator,
     HighPass,
     Refiner,
+    farthest_depth,
 )
 
 
@@ -364,6 +365,28 @@ def test_dropout_refiner_drops_at_its_rate_to_the_farthest_depth_around():
         Refiner(1, 8, 1, 3, output="local_range", dropout=True)
     with pytest.raises(ValueError, match="dropout needs"):
         Refiner(1, 8, 1, 3, noise_channels=1, output="bounded", dropout=True)
+
+
+def test_a_drop_out_to_the_farthest_depth_costs_no_self_regularisation():
+    """`free`: a refined pixel exactly at the farthest depth around it costs nothing, any
+    other change (also one that only comes near it) costs its L1 as before, and without
+    `free` a drop-out costs its whole depth step."""
+    x = torch.ones(1, 1, 8, 8)
+    x[:, :, 2:6, 2:6] = 0.0  # a surface on the far plane
+    far = farthest_depth(x, 3)
+    dropped = x.clone()
+    dropped[0, 0, 2, 3] = 1.0  # an edge pixel shows the far plane
+    nearly = x.clone()
+    nearly[0, 0, 2, 3] = 0.9
+    assert self_regularization_loss(dropped, x, free=far).item() == 0.0
+    torch.testing.assert_close(self_regularization_loss(dropped, x), torch.tensor([1.0 / 64]))
+    torch.testing.assert_close(
+        self_regularization_loss(nearly, x, free=far), torch.tensor([0.9 / 64])
+    )
+    moved = x + 0.01 * (x < 1.0)  # the surface 0.01 farther: not a drop-out, charged
+    torch.testing.assert_close(
+        self_regularization_loss(moved, x, free=far), torch.tensor([16 * 0.01 / 64])
+    )
 
 
 def test_highpass_hides_a_depth_offset_and_keeps_detail():

@@ -4,6 +4,7 @@ identity, the refiner's weight average and its noise inputs."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from distsim.config import make_config
 from distsim.ema import EMA
 from distsim.history import HistoryBuffer
 from distsim.losses import psi_identity, psi_standardized
-from distsim.models import Discriminator, Refiner
+from distsim.models import Discriminator, Refiner, farthest_depth
 from distsim.noise import indexed_noise
 from distsim.refine import main as refine_main
 from distsim.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
@@ -179,7 +180,7 @@ def test_ranks_draw_the_rows_of_the_noise_one_rank_would_draw_for_the_global_bat
     assert not torch.equal(a, b)
 
 
-def test_drop_outs_stay_out_of_pretraining_to_the_identity():
+def test_drop_outs_stay_out_of_pretraining_and_cost_no_self_regularisation_after_it():
     """--refiner-dropout: R's pretraining to the identity must not see its drop-outs (every
     one costs there, and the rate would be driven to where no gradient brings it back), so its
     drop-out channel gets no gradient then; in the adversarial phase it does, and with the
@@ -204,3 +205,13 @@ def test_drop_outs_stay_out_of_pretraining_to_the_identity():
     stats = step.refiner_step(x, adversarial=True)
     assert stats[R_STATS.index("r_change")].item() > 0.0  # p = 1/4 at the edges
     assert not torch.equal(drop_weight(), before)
+
+    # With free_target (train.py, --refiner-dropout) the drop-outs cost no
+    # self-regularisation: a refiner that only drops (its other head channel zero) has none.
+    step.free_target = partial(farthest_depth, window=3)
+    with torch.no_grad():
+        refiner.head.weight.zero_()
+        refiner.head.bias.copy_(torch.tensor([0.0, 4.0]))  # p = 0.95
+    stats = step.refiner_step(x, adversarial=True)
+    assert stats[R_STATS.index("r_change")].item() > 0.005
+    assert stats[R_STATS.index("r_reg")].item() == 0.0
