@@ -145,6 +145,11 @@ class Refiner(nn.Module):
                 self.head.weight.zero_()
                 self.head.bias.zero_()
 
+    def drop_target(self, x: torch.Tensor) -> torch.Tensor:
+        """What each pixel of `x` (B, C, H, W) shows when a `dropout` refiner drops it: the
+        farthest depth in its window. (B, C, H, W)."""
+        return farthest_depth(x, self.window)
+
     def forward(
         self, x: torch.Tensor, noise: torch.Tensor | None = None, drop: bool = True
     ) -> torch.Tensor:

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ from distsim.guards import (
 from distsim.history import CODE_LEVELS, HistoryBuffer, codes_fit, deal, merged_images
 from distsim.images import depth_grid, grid, plot_curves, save_png, titled
 from distsim.losses import PSI
-from distsim.models import GaussianBlur, HighPass, farthest_depth
+from distsim.models import GaussianBlur, HighPass
 from distsim.realism import RealismProbe
 from distsim.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 from shards.cliutil import one_line
@@ -479,9 +478,7 @@ class Run:
             compile=cfg.compile, compile_mode=cfg.compile_mode,
             update_if=self._finite_everywhere if cfg.on_nonfinite == "skip" else None,
             # A drop-out to the farthest depth around costs no self-regularisation.
-            free_target=partial(farthest_depth, window=cfg.refiner_window)
-            if cfg.refiner_dropout
-            else None,
+            free_target=self.r_raw.drop_target if cfg.refiner_dropout else None,
         )  # fmt: skip
         if state is not None:
             self.step.load_state_dict(state.get("step", {}) | {"scaler": state.get("scaler")})

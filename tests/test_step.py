@@ -4,7 +4,6 @@ identity, the refiner's weight average and its noise inputs."""
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from distsim.config import make_config
 from distsim.ema import EMA
 from distsim.history import HistoryBuffer
 from distsim.losses import psi_identity, psi_standardized
-from distsim.models import Discriminator, Refiner, farthest_depth
+from distsim.models import Discriminator, Refiner
 from distsim.noise import indexed_noise
 from distsim.refine import main as refine_main
 from distsim.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
@@ -208,7 +207,7 @@ def test_drop_outs_stay_out_of_pretraining_and_cost_no_self_regularisation_after
 
     # With free_target (train.py, --refiner-dropout) the drop-outs cost no
     # self-regularisation: a refiner that only drops (its other head channel zero) has none.
-    step.free_target = partial(farthest_depth, window=3)
+    step.free_target = refiner.drop_target
     with torch.no_grad():
         refiner.head.weight.zero_()
         refiner.head.bias.copy_(torch.tensor([0.0, 4.0]))  # p = 0.95
