@@ -9,7 +9,13 @@ import torch
 from PIL import Image
 
 from distsim import data
-from distsim.checkpoint import best_checkpoint, list_checkpoints, load_state, read_json
+from distsim.checkpoint import (
+    best_checkpoint,
+    list_checkpoints,
+    load_models,
+    load_state,
+    read_json,
+)
 from distsim.config import HAND_REAL_DOMAINS, PRESETS, make_config
 from distsim.depth import codes_to_unit, fill_invalid, fill_passes, unit_to_codes
 from distsim.models import Discriminator
@@ -140,3 +146,24 @@ def test_hand_smoke_run_writes_colour_grids_and_resumes(tmp_path) -> None:
     # Resume for two more adversarial steps: it continues from the saved counters.
     more = training_loop(_hand_cfg(tmp_path, steps=cfg.steps + 2, resume="auto"))
     assert load_state(more)["counters"]["step"] == total + 2
+
+
+def test_hand_run_with_drop_outs_trains_and_its_checkpoint_refines_with_them(tmp_path) -> None:
+    """--refiner-dropout through train.py: the run gets through the adversarial phase, its
+    checkpoint rebuilds a refiner with the drop-out channel, and that refiner drops edge
+    pixels to exactly the farthest depth around them, the same for the same noise."""
+    cfg = _hand_cfg(tmp_path, refiner_output="local_range", refiner_noise=1, refiner_dropout=True)
+    run_dir = training_loop(cfg)
+    refiner, _, saved = load_models(list_checkpoints(run_dir)[-1])
+    assert saved.refiner_dropout and refiner.dropout and refiner.head.out_channels == 2
+    x = torch.ones(4, 1, 32, 32)
+    x[:, :, 8:24, 8:24] = 0.0  # a surface with edges
+    noise = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = refiner(x, noise)
+        assert torch.equal(refiner(x, noise), y)
+    edges = refiner.drop_target(x) > x
+    dropped = edges & (y == refiner.drop_target(x))
+    assert dropped.any()  # p started at a quarter and a few steps do not take it to zero
+    nothing_near = -refiner.drop_target(-x) == 1.0  # window all far plane
+    assert (y[nothing_near] == 1.0).all()  # stays exactly there
