@@ -312,6 +312,7 @@ def build_models(cfg: Config, channels: int) -> tuple[Refiner, Discriminator]:
         cfg.refiner_slack,
         cfg.refiner_highpass,
         cfg.refiner_dropout,
+        cfg.refiner_edge,
     )
     discriminator = Discriminator(channels, cfg.disc_widths, cfg.disc_arch)
     return refiner, discriminator

@@ -83,6 +83,10 @@ class Config:
     # Random drop-outs (ours, for depth): R also learns a per-pixel rate at which a pixel
     # shows the farthest depth around it, drawn from its noise input. See models.Refiner.
     refiner_dropout: bool = False
+    # Depth edge (ours, for depth; [-1, 1] units, 0: off): a local_range pixel reaches its
+    # window's nearest or farthest depth (a flying pixel, a drop-out) only where that lies more
+    # than this from it; on a surface it keeps to its own depth +- the slack. See models.Refiner.
+    refiner_edge: float = 0.0
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)
     # Feature transform for self-regularisation: identity (the paper, grey) | channel_mean (the
@@ -230,6 +234,9 @@ class Config:
         if self.refiner_dropout and not (local and self.refiner_noise and self.psi == "identity"):
             raise ValueError("--refiner-dropout needs --refiner-output local_range, "
                              "--refiner-noise 1 or more and --psi identity")  # fmt: skip
+        if self.refiner_edge < 0 or (self.refiner_edge > 0 and not local):
+            raise ValueError(f"--refiner-edge must be >= 0 and needs --refiner-output "
+                             f"local_range, got {self.refiner_edge}")  # fmt: skip
         choices = {
             "disc_arch": ("eyes", "hands"),
             "refiner_output": ("tanh", "residual", "bounded", "local_range"),
@@ -462,6 +469,8 @@ HELP: dict[str, str] = {
     "cannot move a whole region in depth (0: off; not with --refiner-output tanh)",
     "refiner_dropout": "the refiner also learns a per-pixel rate of random drop-outs to the "
     "farthest depth around (local_range and a noise input only)",
+    "refiner_edge": "depth step (in [-1, 1] units) beyond which a local_range pixel may take its "
+    "window's nearest or farthest depth; on a surface it keeps its own +- the slack (0: off)",
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
     "disc_blur": "Gaussian blur sigma (px) on the discriminator's inputs (0: none, the paper)",
@@ -614,6 +623,7 @@ LEGACY: dict[str, Any] = {
     "refiner_slack": 0.05,
     "refiner_highpass": 0.0,
     "refiner_dropout": False,
+    "refiner_edge": 0.0,
     "builtin_sim": "eyes",
     "builtin_size": 224,
     "builtin_real": "real",

@@ -98,6 +98,14 @@ class Refiner(nn.Module):
     costs no self-regularisation in training (``losses.self_regularization_loss``'s `free`):
     a drop-out changes no label, and a rate pushed towards zero before D has learnt what real
     edges lose stays there, where the sigmoid's slope is nil (BENCHMARKS.md, "Depth hands").
+
+    `edge` > 0 (ours, for depth; needs "local_range") lets a pixel reach its window's nearest
+    depth (a flying pixel) or farthest (a drop-out) only where that lies more than `edge`
+    from it, across a depth edge; elsewhere, on a surface, it keeps to its own depth give or
+    take the slack. A sensor's artifacts other than its noise sit on depth edges, while the
+    window on a sloping surface holds depths a slope's step nearer and farther: without the
+    gate R drew bands of nearer depth along forearms and dropped pixels of flat surfaces by
+    their slope (BENCHMARKS.md, "Depth hands").
     """
 
     def __init__(
@@ -112,6 +120,7 @@ class Refiner(nn.Module):
         slack: float = RANGE_SLACK,
         highpass: float = 0.0,
         dropout: bool = False,
+        edge: float = 0.0,
     ) -> None:
         super().__init__()
         if output not in OUTPUTS:
@@ -127,7 +136,9 @@ class Refiner(nn.Module):
             raise ValueError("highpass needs an output made as input + correction, not tanh")
         if dropout and (output != "local_range" or not noise_channels):
             raise ValueError("dropout needs output 'local_range' and noise_channels >= 1")
-        self.slack, self.dropout = slack, dropout
+        if edge < 0 or (edge > 0 and output != "local_range"):
+            raise ValueError(f"edge must be >= 0 and needs output 'local_range', got {edge}")
+        self.slack, self.dropout, self.edge = slack, dropout, edge
         self.highpass = HighPass(highpass, channels)
         self.stem = nn.Conv2d(
             channels + noise_channels, width, kernel, padding=kernel // 2, padding_mode="reflect"
@@ -147,8 +158,16 @@ class Refiner(nn.Module):
 
     def drop_target(self, x: torch.Tensor) -> torch.Tensor:
         """What each pixel of `x` (B, C, H, W) shows when a `dropout` refiner drops it: the
-        farthest depth in its window. (B, C, H, W)."""
-        return farthest_depth(x, self.window)
+        farthest depth in its window (with `edge`, only across a depth edge; elsewhere the
+        pixel itself). (B, C, H, W)."""
+        return self._across_edge(x, farthest_depth(x, self.window))
+
+    def _across_edge(self, image: torch.Tensor, extreme: torch.Tensor) -> torch.Tensor:
+        """`extreme` (a window's farthest or nearest depth) where it lies more than `edge`
+        from `image`, else `image` itself; everywhere when `edge` is 0."""
+        if self.edge <= 0:
+            return extreme
+        return torch.where((extreme - image).abs() > self.edge, extreme, image)
 
     def forward(
         self, x: torch.Tensor, noise: torch.Tensor | None = None, drop: bool = True
@@ -170,8 +189,8 @@ class Refiner(nn.Module):
             out = 2.0 * torch.tanh(out)
         out = image + out
         if self.output == "local_range":
-            hi = farthest_depth(image, self.window)  # (B, C, H, W)
-            lo = -farthest_depth(-image, self.window)
+            hi = self._across_edge(image, farthest_depth(image, self.window))  # (B, C, H, W)
+            lo = self._across_edge(image, -farthest_depth(-image, self.window))
             # Noise belongs to measured surfaces: where the window holds nothing but the far
             # plane (nothing in the cube), the refined pixel stays exactly there, as a real
             # crop's does.

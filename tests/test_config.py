@@ -52,6 +52,8 @@ def test_flags_override_preset():
             "--refiner-dropout needs",
         ),
         (["--preset", "hands-cpu", "--refiner-dropout", "--psi", "smooth"], "--psi identity"),
+        (["--refiner-edge", "0.05"], "--refiner-edge must be >= 0 and needs --refiner-output"),
+        (["--preset", "hands-cpu", "--refiner-edge", "-0.1"], "--refiner-edge must be >= 0"),
         (["--refiner-output", "sigmoid"], "--refiner-output must be one of"),
         (["--batch-size", "7"], "even"),
     ],

@@ -367,6 +367,54 @@ def test_dropout_refiner_drops_at_its_rate_to_the_farthest_depth_around():
         Refiner(1, 8, 1, 3, noise_channels=1, output="bounded", dropout=True)
 
 
+def test_edge_refiner_reaches_the_window_only_across_a_depth_edge():
+    """--refiner-edge: on a sloping surface (a forearm, 0.03 a pixel) a pixel keeps to its own
+    depth +- the slack, neither pulled to its window's nearest depth (bands of nearer depth)
+    nor dropped to its farthest; across a step larger than `edge` (the silhouette, a finger
+    over the palm) flying pixels and drop-outs reach the window as without it; and
+    ``drop_target`` is what a drop-out shows, so a drop-only refiner costs no
+    self-regularisation."""
+    x = torch.ones(64, 1, 16, 16)  # far plane
+    x[:, :, 2:14, 2:14] = torch.linspace(-0.3, 0.03, 12).view(12, 1)  # a sloping palm
+    x[:, :, 6:10, 5:9] = -0.6  # a finger in front of it
+    nearest = -F.max_pool2d(-x, 3, stride=1, padding=1)
+    farthest = F.max_pool2d(x, 3, stride=1, padding=1)
+    torch.manual_seed(0)
+    noise = torch.randn(64, 1, 16, 16)
+    r = Refiner(1, 8, 1, 3, noise_channels=1, output="local_range", slack=0.02, edge=0.05)
+    plain = Refiner(1, 8, 1, 3, noise_channels=1, output="local_range", slack=0.02)
+    plain.load_state_dict(r.state_dict())
+    assert torch.equal(r(x, noise), x)  # still the identity at first
+    for bias, bound, without in ((-1.0, nearest - 0.02, plain), (1.0, farthest + 0.02, plain)):
+        with torch.no_grad():
+            r.head.bias.fill_(bias)  # everything 2 tanh(1) = 1.5 nearer, then farther
+            without.head.bias.fill_(bias)
+        y, y_plain = r(x, noise), without(x, noise)
+        step = (bound - x).abs() > 0.05 + 0.02  # the window holds a depth edge this way
+        surface = (x < 1.0) & ~step
+        torch.testing.assert_close(y[surface], (x + math.copysign(0.02, bias))[surface])
+        torch.testing.assert_close(y[step], bound.clamp(-1, 1)[step])
+        torch.testing.assert_close(y_plain, bound.clamp(-1, 1).where(x < 1.0, y_plain))
+        assert surface.sum() > 1000 and (step & (x < 1.0)).sum() > 100
+        # Without it the slope's step and the slack (0.05) on every surface pixel whose window
+        # runs on down (up) the slope: bands.
+        assert ((y_plain - x).abs() > 0.045)[surface].float().mean() > 0.75
+
+    d = Refiner(1, 8, 1, 3, 1, "local_range", slack=0.02, dropout=True, edge=0.05)
+    with torch.no_grad():
+        d.head.bias[1] = 20.0  # drop every pixel
+    target = torch.where(farthest - x > 0.05, farthest, x)
+    torch.testing.assert_close(d(x, noise), target, rtol=0, atol=0)
+    torch.testing.assert_close(d.drop_target(x), target, rtol=0, atol=0)
+    assert (target != x).sum() > 100 and (target == x)[(x < 1.0) & (farthest - x < 0.05)].all()
+    free = self_regularization_loss(d(x, noise), x, free=d.drop_target(x))
+    assert torch.equal(free, torch.zeros_like(free))
+    with pytest.raises(ValueError, match="edge must be >= 0"):
+        Refiner(1, 8, 1, 3, output="bounded", edge=0.05)
+    with pytest.raises(ValueError, match="edge must be >= 0"):
+        Refiner(1, 8, 1, 3, output="local_range", edge=-0.1)
+
+
 def test_a_drop_out_to_the_farthest_depth_costs_no_self_regularisation():
     """`free`: a refined pixel exactly at the farthest depth around it costs nothing, any
     other change (also one that only comes near it) costs its L1 as before, and without
