@@ -85,7 +85,8 @@ class Config:
     refiner_dropout: bool = False
     # Depth edge (ours, for depth; [-1, 1] units, 0: off): a local_range pixel reaches its
     # window's nearest or farthest depth (a flying pixel, a drop-out) only where that lies more
-    # than this from it; on a surface it keeps to its own depth +- the slack. See models.Refiner.
+    # than this from it; on a surface it keeps to its own depth +- the slack. Off in every
+    # preset: no gain on the validation streams (BENCHMARKS.md). See models.Refiner.
     refiner_edge: float = 0.0
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)

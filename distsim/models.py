@@ -105,7 +105,8 @@ class Refiner(nn.Module):
     take the slack. A sensor's artifacts other than its noise sit on depth edges, while the
     window on a sloping surface holds depths a slope's step nearer and farther: without the
     gate R drew bands of nearer depth along forearms and dropped pixels of flat surfaces by
-    their slope (BENCHMARKS.md, "Depth hands").
+    their slope. With it those went, but the estimator gained no more (BENCHMARKS.md, "Depth
+    hands"), so it is off in every preset.
     """
 
     def __init__(
