@@ -414,8 +414,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "refiner_slack": 0.02,
         # Random drop-outs: without them R eroded every silhouette deterministically and the
         # estimator lost 0.34 px to synthetic on Table 4's test seeds (3 estimators a row);
-        # with them it gained 0.51 on the validation streams and 0.43 on the test seeds, on
-        # every seed (BENCHMARKS.md, "Depth hands").
+        # with them it gained 0.51 on the validation streams and, with five estimators a row,
+        # 0.46 on the test seeds, on every seed (BENCHMARKS.md, "Depth hands").
         "refiner_dropout": True,
         "disc_arch": "eyes",
         "disc_widths": (32, 32, 16, 16),
