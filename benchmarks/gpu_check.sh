@@ -4,7 +4,9 @@
 # eager, resume with compile on), then the step-throughput benchmark (plain loop, our eager
 # step, our compiled step; eye and hand configs), then the gaze estimator trained with and
 # without DeepSpeed (ZeRO-2, bf16: time per step, peak memory; skipped with a note where
-# deepspeed is not installed). Logs and JSON go to $OUT.
+# deepspeed is not installed), then the `hands` preset trained at 224x224 for a few hundred
+# steps in bf16 with and without channels-last (issue 12; images/s from its TensorBoard log).
+# Logs and JSON go to $OUT.
 #
 #   benchmarks/gpu_check.sh                 # on a GPU machine, from the repository root
 #   benchmarks/gpu_check.sh --cpu-dry-run   # the same steps on the CPU at tiny sizes, so the
@@ -47,6 +49,8 @@ if [[ $DRY == 1 ]]; then
     BENCH=(--configs eyes-cpu --batches 8 --precisions fp32 --iters 1 --warmup 2
            --compiled-batches 8 --device cpu)
     ESTIMATOR=(--steps 3 --warmup 1 --batch-size 8 --width-mult 0.25)
+    HAND_RUN=(--preset hands-cpu --builtin-count 64 --pretrain-r-steps 2 --pretrain-d-steps 2
+              --steps 6 --log-every 2)
 elif python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     # Compiled rows only at batch 512 for the eyes (each compile is tens of seconds) and for
     # the hand preset's own batch; hands in bf16 with and without channels-last.
@@ -55,6 +59,9 @@ elif python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; th
     HANDS=(--configs hands --batches 16 --precisions bf16 --iters 5 --warmup 2
            --compiled-batches 16)
     ESTIMATOR=(--steps 300 --warmup 20 --batch-size 512)
+    # 512 crops a domain render in seconds; 300 adversarial steps after a short pretraining.
+    HAND_RUN=(--preset hands --builtin-count 512 --pretrain-r-steps 100 --pretrain-d-steps 50
+              --steps 300 --mixed-precision bf16 --log-every 25)
 else
     echo "no GPU here: run with --cpu-dry-run, or on the GPU machine"
     exit 2
@@ -91,6 +98,25 @@ else
         test "${PIPESTATUS[0]}" -eq 0 || status=1
     done
 fi
+
+step "hands preset training, with and without channels-last"
+for cl in --no-channels-last --channels-last; do
+    run="$OUT/hands-run${cl#--}"
+    python3 distsim/train.py "${HAND_RUN[@]}" "$cl" --realism-images 0 --image-every 100 \
+        --ckpt-every 100000 --num-workers 2 --run-dir "$run" --cache-dir "$OUT/hands-cache" \
+        >"$run.log" 2>&1
+    test $? -eq 0 || { status=1; tail -5 "$run.log"; continue; }
+    python3 - "$run" "$cl" <<'EOF' 2>&1 | tee -a "$OUT/hands_run.txt"
+import statistics, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+events = EventAccumulator(sys.argv[1] + "/tensorboard", size_guidance={"scalars": 0})
+events.Reload()
+rates = [e.value for e in events.Scalars("images_per_second")]
+late = rates[len(rates) // 2 :]  # past pretraining and the first compile or warm-up
+print(f"hands run {sys.argv[2]}: {len(rates)} logs, images/s median of the last half "
+      f"{statistics.median(late):.1f} (all: {', '.join(f'{r:.0f}' for r in rates)})")
+EOF
+done
 
 step "done (status $status); files in $OUT"
 ls -l "$OUT"

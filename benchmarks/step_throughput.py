@@ -64,6 +64,14 @@ BF16_PEAK = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12}
 K_G, K_D = 2, 1
 
 
+def refine(refiner: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """R(x), with fresh noise channels when the preset's refiner takes them."""
+    k = refiner.noise_channels
+    if not k:
+        return refiner(x)
+    return refiner(x, torch.randn(x.shape[0], k, *x.shape[2:], device=x.device, dtype=x.dtype))
+
+
 class PlainLoop:
     """The baseline: a SimGAN iteration as public repositories write it."""
 
@@ -92,7 +100,7 @@ class PlainLoop:
         for p in self.discriminator.parameters():
             p.requires_grad = False
         with self._autocast():
-            refined = self.refiner(syn)
+            refined = refine(self.refiner, syn)
             adv = self._ce(self.discriminator(refined), 0)
         reg = self.lambda_reg * (refined.float() - syn).abs().mean()
         loss = adv + reg
@@ -105,7 +113,7 @@ class PlainLoop:
 
     def discriminator_step(self, syn: torch.Tensor, real: torch.Tensor) -> None:
         with torch.no_grad(), self._autocast():
-            refined = self.refiner(syn).float()
+            refined = refine(self.refiner, syn).float()
         half = syn.shape[0] // 2
         current = refined[:half].cpu().numpy()
         if len(self.history) >= half:
@@ -136,13 +144,13 @@ def iteration_flops(preset: str, shape: tuple[int, int, int], batch: int) -> dic
         x = torch.empty(batch, *shape)
         counter = FlopCounterMode(display=False)
         with counter:
-            refined = refiner(x)
+            refined = refine(refiner, x)
             (disc(refined).float().mean() + refined.float().mean()).backward()
         r_step = counter.get_total_flops()
         counter = FlopCounterMode(display=False)
         with counter:
             with torch.no_grad():
-                refiner(x[: batch // 2])
+                refine(refiner, x[: batch // 2])
             disc(torch.cat([x, x])).float().mean().backward()
         d_step = counter.get_total_flops()
     return {"r_step": float(r_step), "iteration": float(K_G * r_step + K_D * d_step)}
@@ -202,6 +210,7 @@ def measure(
                                   dtype=torch.bfloat16 if precision == "bf16" else torch.float32),
             precision="bf16" if precision == "bf16" else "no", channels_last=channels_last,
             compile=mode == "compiled", compile_mode=args.compile_mode,
+            noise_channels=cfg.refiner_noise, noise_seed=0,
         )  # fmt: skip
 
         def r_step() -> None:
