@@ -5,7 +5,8 @@
 # step, our compiled step; eye and hand configs), then the gaze estimator trained with and
 # without DeepSpeed (ZeRO-2, bf16: time per step, peak memory; skipped with a note where
 # deepspeed is not installed), then the `hands` preset trained at 224x224 for a few hundred
-# steps in bf16 with and without channels-last (issue 12; images/s from its TensorBoard log).
+# steps in bf16 with and without channels-last (issue 12; images/s over the adversarial phase,
+# read from its TensorBoard log by benchmarks/scaling.py's measure_one).
 # Logs and JSON go to $OUT.
 #
 #   benchmarks/gpu_check.sh                 # on a GPU machine, from the repository root
@@ -49,8 +50,8 @@ if [[ $DRY == 1 ]]; then
     BENCH=(--configs eyes-cpu --batches 8 --precisions fp32 --iters 1 --warmup 2
            --compiled-batches 8 --device cpu)
     ESTIMATOR=(--steps 3 --warmup 1 --batch-size 8 --width-mult 0.25)
-    HAND_RUN=(--preset hands-cpu --builtin-count 64 --pretrain-r-steps 2 --pretrain-d-steps 2
-              --steps 6 --log-every 2)
+    HAND_RUN=(hands-cpu '{"builtin_count": 64, "pretrain_r_steps": 2, "pretrain_d_steps": 2,
+              "steps": 6, "log_every": 2}')
 elif python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     # Compiled rows only at batch 512 for the eyes (each compile is tens of seconds) and for
     # the hand preset's own batch; hands in bf16 with and without channels-last.
@@ -60,8 +61,8 @@ elif python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; th
            --compiled-batches 16)
     ESTIMATOR=(--steps 300 --warmup 20 --batch-size 512)
     # 512 crops a domain render in seconds; 300 adversarial steps after a short pretraining.
-    HAND_RUN=(--preset hands --builtin-count 512 --pretrain-r-steps 100 --pretrain-d-steps 50
-              --steps 300 --mixed-precision bf16 --log-every 25)
+    HAND_RUN=(hands '{"builtin_count": 512, "pretrain_r_steps": 100, "pretrain_d_steps": 50,
+              "steps": 300, "mixed_precision": "bf16", "log_every": 25}')
 else
     echo "no GPU here: run with --cpu-dry-run, or on the GPU machine"
     exit 2
@@ -100,23 +101,20 @@ else
 fi
 
 step "hands preset training, with and without channels-last"
-for cl in --no-channels-last --channels-last; do
-    run="$OUT/hands-run${cl#--}"
-    python3 distsim/train.py "${HAND_RUN[@]}" "$cl" --realism-images 0 --image-every 100 \
-        --ckpt-every 100000 --num-workers 2 --run-dir "$run" --cache-dir "$OUT/hands-cache" \
-        >"$run.log" 2>&1
-    test $? -eq 0 || { status=1; tail -5 "$run.log"; continue; }
-    python3 - "$run" "$cl" <<'EOF' 2>&1 | tee -a "$OUT/hands_run.txt"
-import statistics, sys
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-events = EventAccumulator(sys.argv[1] + "/tensorboard", size_guidance={"scalars": 0})
-events.Reload()
-rates = [e.value for e in events.Scalars("images_per_second")]
-late = rates[len(rates) // 2 :]  # past pretraining and the first compile or warm-up
-print(f"hands run {sys.argv[2]}: {len(rates)} logs, images/s median of the last half "
-      f"{statistics.median(late):.1f} (all: {', '.join(f'{r:.0f}' for r in rates)})")
+# benchmarks/scaling.py's measure_one: images/s over the adversarial phase after its first log.
+python3 - "${HAND_RUN[@]}" "$OUT/hands-cache" <<'EOF' 2>&1 | tee "$OUT/hands_run.txt"
+import json, os, sys
+from pathlib import Path
+from benchmarks.scaling import measure_one
+preset, overrides = sys.argv[1], json.loads(sys.argv[2])
+overrides |= {"realism_images": 0, "image_every": 100, "ckpt_every": 100_000, "num_workers": 2}
+for channels_last in (False, True):
+    run = measure_one(preset, overrides | {"channels_last": channels_last}, 1,
+                      os.cpu_count() or 1, Path(sys.argv[3]))
+    print(f"hands run {preset}, channels_last {channels_last}: "
+          f"{run['images_per_second']:.1f} images/s, {run['wall_s']:.0f} s wall")
 EOF
-done
+test "${PIPESTATUS[0]}" -eq 0 || status=1
 
 step "done (status $status); files in $OUT"
 ls -l "$OUT"

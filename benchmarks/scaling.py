@@ -73,7 +73,11 @@ def free_port() -> int:
 def flags(overrides: dict) -> list[str]:
     out = []
     for k, v in overrides.items():
-        out += [f"--{k.replace('_', '-')}", str(v)]
+        flag = k.replace("_", "-")
+        if isinstance(v, bool):  # the trainer's booleans are --x / --no-x, with no value
+            out.append(f"--{flag}" if v else f"--no-{flag}")
+        else:
+            out += [f"--{flag}", str(v)]
     return out
 
 
