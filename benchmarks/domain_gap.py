@@ -26,7 +26,7 @@ if __package__ in (None, ""):
 import torch
 
 from distsim.evaluate import train_and_test_many
-from distsim.sim.eyes import REAL_DOMAINS
+from shards.sim.eyes import REAL_DOMAINS
 from shards.sources.sim_eyes import convert_sim_eyes
 
 SYNTHETIC_SEED, TEST_SEED, REAL_TRAIN_SEED = 1000, 2000, 4000

@@ -42,7 +42,7 @@ from distsim.data import first_images
 from distsim.evaluate import train_and_test_many
 from distsim.refine import load_refiner, refine_shards
 from distsim.report import pupil_shift, train_and_refine
-from distsim.sim.eyes import REAL_DOMAINS
+from shards.sim.eyes import REAL_DOMAINS
 from shards.sources.sim_eyes import convert_sim_eyes
 
 VAL_SYNTHETIC_SEED, VAL_REAL_SEED = 5000, 3000

@@ -14,7 +14,7 @@ local_range``'s bound at window 3 and the default ``--refiner-slack``; the hand 
 is tighter, so their refiners always score 0 here; and the refiner allows no slack where the
 window is all far plane, while here a value within 0.05 of it counts as inside there too).
 ``--perfect-seed S`` adds the same numbers for a perfect refiner: the same hands rendered
-in the real look (``distsim.sim.hands.render(..., look="real")``), when the synthetic shards
+in the real look (``shards.sim.hands.render(..., look="real")``), when the synthetic shards
 are the simulator's stream with seed S (checked). For a refiner with a noise input, also how
 much two noise draws change its refined hand pixels. ``--picture OUT.png`` (with
 ``--perfect-seed``) draws the first crops, one row each: synthetic | each checkpoint's
@@ -42,7 +42,7 @@ from distsim.models import RANGE_SLACK  # noqa: E402
 from distsim.noise import indexed_noise  # noqa: E402
 from distsim.realism import two_sample_test  # noqa: E402
 from distsim.refine import load_refiner  # noqa: E402
-from distsim.sim.hands import render  # noqa: E402
+from shards.sim.hands import render  # noqa: E402
 
 
 def changes(x: torch.Tensor, y: torch.Tensor) -> str:

@@ -44,7 +44,7 @@ def ensure(
     directory: Path, domain: str, seed: int, count: int, size: int, look: str | None = None
 ) -> Path:
     """`directory` holding `count` sim-hands crops of (domain, seed) at `size`, rendered in
-    `look` (``distsim.sim.hands.render``'s; default the domain's own), made if not there."""
+    `look` (``shards.sim.hands.render``'s; default the domain's own), made if not there."""
     try:
         m = read_manifest(directory)
         if m.count == count and tuple(m.image_shape) == (1, size, size):

@@ -2,7 +2,7 @@
 
 A refiner changes how a synthetic crop looks, never which hand it shows, so on the built-in
 benchmark it cannot do better than the *same* synthetic hands rendered through the real
-domain's scene and sensor (``distsim.sim.hands.render(..., look="real")``: identical poses,
+domain's scene and sensor (``shards.sim.hands.render(..., look="real")``: identical poses,
 shapes and crop boxes, labels exact). This trains the CPU-size stacked hourglass on the four
 crossings of pose distribution (synthetic, real) and look (synthetic, real), each over
 several estimator seeds, and tests every one on held-out real crops:
@@ -48,7 +48,7 @@ SETS = (  # name, pose domain, look, simulator seed
     ("real poses, synthetic look", "real", "synthetic", 101),
     ("real poses, real look", "real", "real", 101),
 )
-# --parts: which part of the real look is worth what (distsim.sim.hands.LOOKS).
+# --parts: which part of the real look is worth what (shards.sim.hands.LOOKS).
 PARTS = (
     ("synthetic poses, real sensor without torso or table", "synthetic", "real-sensor", 100),
     ("synthetic poses, real room measured cleanly", "synthetic", "real-room", 100),

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the package from a checkout
 
-from distsim.sim import hands  # noqa: E402
+from shards.sim import hands  # noqa: E402
 from shards.sources.sim_hands import convert_sim_hands  # noqa: E402
 
 

@@ -12,7 +12,7 @@ each batch of 512 (1, 35, 55) uint8 eyes is converted as the trainer does, ``x.f
 - h5, one (N, 35, 55) dataset: random batches read with sorted fancy indexing (``ds[idx]``),
   and contiguous slices (no shuffling at all: an upper bound for h5).
 - h5, Kaggle layout: group ``image`` with one dataset per image, random images read one by one.
-- conversion: ``shards.cli.convert_sim_eyes`` (renderer included), the writer alone, and
+- conversion: ``convert_sim_eyes`` (renderer included), the writer alone, and
   ``python -m shards convert SOURCE`` on fixtures from ``tests/fixtures_sources.py`` for the
   other sources (skipped, with a note, where a converter or fixture writer is missing).
 
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.fixtures_sources, and the package from a checkout
 
 from distsim.data import make_epoch_loader, make_loader  # noqa: E402
-from distsim.sim import eyes  # noqa: E402
+from shards.sim import eyes  # noqa: E402
 from shards.writer import ShardSetWriter  # noqa: E402
 
 BATCH = 512
@@ -196,11 +196,11 @@ def fixtures():  # noqa: ANN201 - a module
 def conversion_rates(
     tmp: Path, sim_count: int, source_counts: dict[str, int], workers: int
 ) -> list[dict]:
-    import shards.cli
+    from shards.sources.sim_eyes import convert_sim_eyes
 
     rows = []
     start = time.perf_counter()
-    shards.cli.convert_sim_eyes(tmp / "sim", "synthetic", sim_count, 0, progress=False)
+    convert_sim_eyes(tmp / "sim", "synthetic", sim_count, 0, progress=False)
     seconds = time.perf_counter() - start
     rows.append(conv_row("sim-eyes (convert_sim_eyes, renderer included)", sim_count, seconds))
     shutil.rmtree(tmp / "sim")

@@ -21,8 +21,8 @@ import torch
 
 from distsim.checkpoint import load_models, resolve_checkpoint
 from distsim.pupil import locate_pupil
-from distsim.sim.eyes import generate
 from distsim.train import to_unit_range
+from shards.sim.eyes import generate
 
 
 def appearance(images: torch.Tensor) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Does the built-in eye simulator's domain gap matter?
 
 Trains the same small CNN gaze estimator once on synthetic and once on "real" images from
-``distsim.sim.eyes`` and tests both on held-out real images. If the simulator is a useful
+``shards.sim.eyes`` and tests both on held-out real images. If the simulator is a useful
 SimGAN benchmark, synthetic-trained must be clearly worse on real than real-trained: that gap
 is what a refiner has to close. Also measures simulator throughput.
 
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from distsim.sim import eyes
 from shards.gaze import angular_error_deg
+from shards.sim import eyes
 
 # Streams are keyed by seed, so train and test never share samples.
 TRAIN_SEED, TEST_SEED = 1, 2

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The built-in simulators' real domains (distsim.sim.eyes.REAL_DOMAINS and
-# distsim.sim.hands.REAL_DOMAINS, checked by a test): spelled out so that reading a config
+# The built-in simulators' real domains (shards.sim.eyes.REAL_DOMAINS and
+# shards.sim.hands.REAL_DOMAINS, checked by a test): spelled out so that reading a config
 # never imports a simulator.
 REAL_DOMAINS = ("real", "real-lit", "real-ir")
 HAND_REAL_DOMAINS = ("real",)
@@ -38,8 +38,8 @@ class Config:
     # Data. Empty: the built-in simulator's shards, created on first use in the cache.
     synthetic: str = ""
     real: str = ""
-    # Which built-in simulator: eyes (distsim.sim.eyes, 35x55 grey) or hands
-    # (distsim.sim.hands, builtin_size x builtin_size uint16 depth crops).
+    # Which built-in simulator: eyes (shards.sim.eyes, 35x55 grey) or hands
+    # (shards.sim.hands, builtin_size x builtin_size uint16 depth crops).
     builtin_sim: str = "eyes"
     builtin_size: int = 224  # hand crop side in pixels (hands only; eyes are always 35x55)
     builtin_count: int = 20_000  # images per built-in domain
@@ -450,7 +450,7 @@ HELP: dict[str, str] = {
     "builtin_seed": "seed of the built-in shards",
     "builtin_sim": "built-in simulator when no shards are given: eyes or hands (depth)",
     "builtin_size": "built-in hand crop side in pixels (hands only)",
-    "builtin_real": "built-in real domain: eyes real, real-lit or real-ir (distsim/sim/eyes.py); "
+    "builtin_real": "built-in real domain: eyes real, real-lit or real-ir (shards/sim/eyes.py); "
     "hands real",
     "cache_dir": "where built-in shards are cached (default: $DISTSIM_CACHE or ~/.cache/distsim)",
     "num_workers": "data-loader processes per rank",

@@ -832,11 +832,11 @@ def builtin_shards_name(sim: str, domain: str, count: int, seed: int, size: int 
     """The cache directory name of a built-in shard set. The simulator's version is in it, so
     a changed renderer never reuses stale shards; hand sets also name their crop size."""
     if sim == "eyes":
-        from distsim.sim.eyes import SIM_VERSION
+        from shards.sim.eyes import SIM_VERSION
 
         return f"sim-eyes-v{SIM_VERSION}-{domain}-n{count}-s{seed}"
     if sim == "hands":
-        from distsim.sim.hands import SIM_VERSION as HANDS_VERSION
+        from shards.sim.hands import SIM_VERSION as HANDS_VERSION
 
         return f"sim-hands-v{HANDS_VERSION}-{domain}-{size}px-n{count}-s{seed}"
     raise ValueError(f"unknown built-in simulator {sim!r}; expected eyes or hands")
@@ -875,7 +875,7 @@ def ensure_builtin_shards(
                 tmp, domain, count, seed, size=size, progress=progress, shown_as=final
             )
         else:
-            from shards.cli import convert_sim_eyes
+            from shards.sources.sim_eyes import convert_sim_eyes
 
             convert_sim_eyes(tmp, domain, count, seed, progress=progress, shown_as=final)
         try:

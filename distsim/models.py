@@ -40,7 +40,7 @@ OUTPUTS = ("tanh", "residual", "bounded", "local_range")
 # noise at arm's length (about 1.5 mm at 700 mm), so R can add sensor noise on a flat surface.
 RANGE_SLACK = 0.05
 # A zero-initialised drop-out head's logit: p = sigmoid(-1.1) = 0.25, the low end of what the
-# sensor drops along an edge (25-55 %, distsim.sim.hands), so D lowers it where real crops keep
+# sensor drops along an edge (25-55 %, shards.sim.hands), so D lowers it where real crops keep
 # their pixels instead of R having to raise it from nothing. On a surface a drop-out moves a
 # pixel by the surface's slope across one pixel, within the window.
 DROP_LOGIT_START = -1.1

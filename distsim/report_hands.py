@@ -7,7 +7,7 @@
 
 For each seed: render `3 * train-count` labelled synthetic hand crops, `train-count` labelled
 "real" crops (the upper bound: an estimator trained on labelled real data) and `test-count`
-held-out real crops to test on, all from the built-in simulator (`distsim.sim.hands`) at the
+held-out real crops to test on, all from the built-in simulator (`shards.sim.hands`) at the
 SimGAN preset's crop size, on simulator seeds that neither SimGAN's built-in shards (seed 0)
 nor `benchmarks/hand_gap.py` (100-102) use. Train SimGAN once on the built-in synthetic and
 unlabelled real shards, refine the synthetic crops with its final refiner (the weight average

@@ -30,11 +30,8 @@ from shards.format import (
 )
 from shards.sheet import write_contact_sheet
 from shards.sources import SOURCES
-from shards.sources.sim_eyes import LABELS as SIM_EYES_LABELS
-from shards.sources.sim_eyes import convert_sim_eyes
 
-# Re-exported: distsim.data builds its cached built-in sets with these.
-__all__ = ["SIM_EYES_LABELS", "build_parser", "convert_sim_eyes", "inspect_shard_set", "main"]
+__all__ = ["build_parser", "inspect_shard_set", "main"]
 
 # --- inspect ------------------------------------------------------------------------------------
 

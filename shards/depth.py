@@ -1,6 +1,6 @@
 """The depth-hand crop convention, in one place (as ``gaze.py`` is for eyes).
 
-Every hand source (the built-in simulator ``distsim.sim.hands``, NYU's ``depth_*``/
+Every hand source (the built-in simulator ``shards.sim.hands``, NYU's ``depth_*``/
 ``synthdepth_*`` frames) becomes square crops of one layout, so that training, refinement and
 the pose estimator never ask where a crop came from.
 

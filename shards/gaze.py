@@ -12,7 +12,7 @@ Angles, in radians::
 
 ``(0, 0, -1)`` is pitch 0, yaw 0. Positive pitch means looking up (y < 0), which moves the
 pupil **up** in the image (towards row 0). Positive yaw means x < 0, which moves the pupil
-**left** in the image (towards column 0). The built-in eye simulator (``distsim.sim.eyes``)
+**left** in the image (towards column 0). The built-in eye simulator (``shards.sim.eyes``)
 places the pupil at ``eyeball_centre + R * (x, y)`` in pixels, consistent with this.
 
 UnityEyes writes ``look_vec = (x_u, y_u, z_u, 0)``; public loaders flip x_u and use

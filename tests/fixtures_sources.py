@@ -26,7 +26,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from distsim.sim import eyes
+from shards.sim import eyes
 
 UNITY_SIZE = (640, 480)  # (W, H)
 UNITY_CROP = (84, 140)  # (H, W) the converter crops around the eye opening

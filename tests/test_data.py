@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-import shards.cli
+import shards.sources.sim_eyes
 from distsim.data import (
     BatchStream,
     EpochStream,
@@ -33,8 +33,9 @@ from distsim.data import (
     rank_batches,
     worker_batches,
 )
-from distsim.sim import eyes
 from shards.format import MANIFEST_NAME, Manifest, ShardError, ShardInfo, file_sha256
+from shards.sim import eyes
+from shards.sources.sim_eyes import convert_sim_eyes
 from shards.writer import ShardSetWriter
 
 COUNT, SEED = 600, 1
@@ -43,9 +44,7 @@ COUNT, SEED = 600, 1
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "set"
-    shards.cli.convert_sim_eyes(
-        out, "synthetic", COUNT, SEED, shard_size=256, block_size=64, progress=False
-    )
+    convert_sim_eyes(out, "synthetic", COUNT, SEED, shard_size=256, block_size=64, progress=False)
     return out
 
 
@@ -160,18 +159,14 @@ def test_loader_refuses_incomplete_set(tmp_path: Path, reference: dict[str, np.n
 
 def test_loader_names_corrupt_shard(tmp_path: Path) -> None:
     out = tmp_path / "set"
-    shards.cli.convert_sim_eyes(
-        out, "synthetic", 200, 0, shard_size=100, block_size=64, progress=False
-    )
+    convert_sim_eyes(out, "synthetic", 200, 0, shard_size=100, block_size=64, progress=False)
     shard = out / "shard-000001.tar"
     with open(shard, "r+b") as f:  # zeroed first header: tar sees an empty archive
         f.write(bytes(512))
     with pytest.raises(ValueError, match=re.escape(f"{shard}: holds 0 blocks")):
         stream(out)
 
-    shards.cli.convert_sim_eyes(
-        out, "synthetic", 200, 0, shard_size=100, block_size=64, progress=False
-    )
+    convert_sim_eyes(out, "synthetic", 200, 0, shard_size=100, block_size=64, progress=False)
     with open(shard, "r+b") as f:  # garbage in the first .npy header, after indexing
         s = stream(out, batch_size=64)
         f.seek(512)
@@ -225,13 +220,13 @@ def test_ensure_builtin_shards_loser_of_a_race_uses_the_winner(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     final = tmp_path / "sim-eyes-v3-synthetic-n50-s0"
-    convert = shards.cli.convert_sim_eyes
+    convert = convert_sim_eyes
 
     def racing(out: Path, *args, **kwargs):  # another rank finishes first, mid-conversion
         convert(final, *args, **kwargs)
         return convert(out, *args, **kwargs)
 
-    monkeypatch.setattr(shards.cli, "convert_sim_eyes", racing)
+    monkeypatch.setattr(shards.sources.sim_eyes, "convert_sim_eyes", racing)
     assert ensure_builtin_shards("synthetic", 50, 0, tmp_path, progress=False) == final
     assert open_shards(final).count == 50
     assert sorted(p.name for p in tmp_path.iterdir()) == [final.name]  # no temp dir left

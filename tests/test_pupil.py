@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from distsim.pupil import locate_pupil, pupil_shift
-from distsim.sim.eyes import generate
+from shards.sim.eyes import generate
 
 
 @pytest.fixture(scope="module")

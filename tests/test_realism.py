@@ -11,9 +11,9 @@ from distsim.checkpoint import best_checkpoint, list_checkpoints, realism_scores
 from distsim.config import make_config
 from distsim.realism import MAX_PUPIL_SHIFT, RealismProbe, select_checkpoint, two_sample_test
 from distsim.refine import main as refine_main
-from distsim.sim import eyes
 from distsim.train import training_loop
 from shards.format import read_manifest
+from shards.sim import eyes
 from tests.test_train import _scalars
 
 

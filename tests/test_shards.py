@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from distsim.sim import eyes
 from shards.cli import main
 from shards.format import (
     MANIFEST_NAME,
@@ -23,6 +22,7 @@ from shards.format import (
     decode_block,
     read_manifest,
 )
+from shards.sim import eyes
 from shards.writer import JOURNAL_NAME, ShardSetWriter
 from tests.fixtures_sources import read_shard_set
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from distsim.sim import eyes
 from shards.gaze import pitchyaw_from_vector
+from shards.sim import eyes
 
 
 @pytest.fixture(scope="module")

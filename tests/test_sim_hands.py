@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from distsim.data import make_epoch_loader
-from distsim.sim import hands
 from shards.cli import main
 from shards.depth import (
     CUBE_MM,
@@ -21,6 +20,7 @@ from shards.depth import (
     xyz_to_uvd,
 )
 from shards.format import read_manifest
+from shards.sim import hands
 from tests.fixtures_sources import read_shard_set, shard_digests
 
 COUNT = 120

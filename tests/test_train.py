@@ -259,7 +259,7 @@ def test_global_adversarial_ablation_trains(tmp_path):
 
 def test_colour_images_train_with_channel_mean_psi(tmp_path):
     """psi = mean of the colour channels (the paper's choice for RGB) on 3-channel shards."""
-    from distsim.sim.eyes import generate
+    from shards.sim.eyes import generate
     from shards.writer import ShardSetWriter
 
     dirs = {}

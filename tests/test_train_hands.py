@@ -19,8 +19,8 @@ from distsim.checkpoint import (
 from distsim.config import HAND_REAL_DOMAINS, PRESETS, make_config
 from distsim.depth import codes_to_unit, fill_invalid, fill_passes, unit_to_codes
 from distsim.models import Discriminator
-from distsim.sim import hands
 from distsim.train import to_unit_range, training_loop
+from shards.sim import hands
 
 
 def test_uint16_depth_maps_linearly_onto_unit_range() -> None:

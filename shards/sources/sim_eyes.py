@@ -1,9 +1,8 @@
-"""Source ``sim-eyes``: the built-in procedural eye simulator (``distsim.sim.eyes``)."""
+"""Source ``sim-eyes``: the built-in procedural eye simulator (``shards.sim.eyes``)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 from shards.format import Manifest
@@ -28,14 +27,15 @@ LABELS = {
 # twice at task edges, and small enough to keep two workers busy on a few thousand images.
 _CHUNK = 2048
 # The simulator's domains, spelled out so that building the parser imports no simulator;
-# tests check that they match distsim.sim.eyes.DOMAINS.
+# tests check that they match shards.sim.eyes.DOMAINS.
 _DOMAINS = ("synthetic", "real", "real-lit", "real-ir")
 
 
 def _render(task: tuple[str, int, int, int]) -> Batch:
     domain, seed, start, n = task
     # Imported here so that `shards` does not pull in the simulator for other sources.
-    eyes = importlib.import_module("distsim.sim.eyes")
+    from shards.sim import eyes
+
     sample = eyes.generate(domain, n, seed, start=start)
     return sample["image"], {k: sample[k] for k in LABELS}
 
@@ -56,7 +56,8 @@ def convert_sim_eyes(
     """Render ``count`` eyes from the built-in simulator into a shard set at ``out_dir``
     (``overwrite``: see ``ShardSetWriter``; ``shown_as``: the directory progress names, when
     ``out_dir`` is a temporary one that will be renamed)."""
-    eyes = importlib.import_module("distsim.sim.eyes")
+    from shards.sim import eyes
+
     output = simulator_output(
         out_dir,
         domain,
@@ -91,7 +92,7 @@ def add_parser(sources: argparse._SubParsersAction) -> None:
     p = sources.add_parser(
         NAME,
         help="built-in procedural eye simulator (35x55 grey)",
-        description="Render eyes with distsim.sim.eyes; labels gaze (3), pitchyaw (2), pupil (2).",
+        description="Render eyes with shards.sim.eyes; labels gaze (3), pitchyaw (2), pupil (2).",
     )
     add_simulator_args(
         p,

@@ -1,4 +1,4 @@
-"""Source ``sim-hands``: the built-in procedural depth-hand simulator (``distsim.sim.hands``).
+"""Source ``sim-hands``: the built-in procedural depth-hand simulator (``shards.sim.hands``).
 
 Crops follow ``shards.depth``: uint16 (1, S, S) depth codes over a 300 mm cube centred on the
 palm centre (NYU joint 32), 0 = invalid, with the 36 NYU joints and the crop geometry as labels.
@@ -7,7 +7,6 @@ palm centre (NYU joint 32), 0 = invalid, with the 36 NYU joints and the crop geo
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 from shards.cliutil import positive_int
@@ -54,7 +53,7 @@ LABELS = {
 # progress bar moves (a real-domain crop takes about 20 ms), large enough to amortise a task.
 _CHUNK = 128
 # The simulator's domains, spelled out so that building the parser imports no simulator;
-# tests check that they match distsim.sim.hands.DOMAINS.
+# tests check that they match shards.sim.hands.DOMAINS.
 _DOMAINS = ("synthetic", "real")
 _MIN_SIZE = 8
 
@@ -62,7 +61,8 @@ _MIN_SIZE = 8
 def _render(task: tuple[str, int, int, int, int, str | None]) -> Batch:
     domain, seed, start, n, size, look = task
     # Imported here so that `shards` does not pull in the simulator for other sources.
-    hands = importlib.import_module("distsim.sim.hands")
+    from shards.sim import hands
+
     sample = hands.generate(domain, n, seed, start=start, size=size, look=look)
     return sample["image"], {k: sample[k] for k in LABELS}
 
@@ -85,9 +85,10 @@ def convert_sim_hands(
     """Render ``count`` depth-hand crops of ``size`` x ``size`` from the built-in simulator
     into a shard set at ``out_dir`` (``overwrite``: see ``ShardSetWriter``; ``shown_as``: the
     directory progress names, when ``out_dir`` is a temporary one that will be renamed;
-    ``look``: the domain whose scene and sensor show the hands, ``distsim.sim.hands.render``'s,
+    ``look``: the domain whose scene and sensor show the hands, ``shards.sim.hands.render``'s,
     recorded in the manifest's source when given)."""
-    hands = importlib.import_module("distsim.sim.hands")
+    from shards.sim import hands
+
     if look is not None and look not in hands.LOOKS:
         raise ValueError(f"unknown look {look!r}; expected one of {hands.LOOKS}")
     output = simulator_output(
@@ -141,7 +142,7 @@ def add_parser(sources: argparse._SubParsersAction) -> None:
     p = sources.add_parser(
         NAME,
         help="built-in procedural depth-hand simulator (NYU-style uint16 crops)",
-        description="Render depth hands with distsim.sim.hands: uint16 (1, S, S) crops over a "
+        description="Render depth hands with shards.sim.hands: uint16 (1, S, S) crops over a "
         "300 mm cube around the palm centre (shards.depth, 0 = invalid); labels joints_uvd "
         "(36, 3), joints_xyz (36, 3), center (3), box (4), view (1), frame (1).",
     )

@@ -86,7 +86,7 @@ Every sample depends only on ``(domain, seed, index)``: sample i draws from
 child of the domain's child of ``SeedSequence(seed)``, so any batching, chunking or worker
 count gives the same crops.
 
-Run ``python -m distsim.sim.hands OUT.png`` to write a contact sheet to look at.
+Run ``python -m shards.sim.hands OUT.png`` to write a contact sheet to look at.
 """
 
 from __future__ import annotations
@@ -752,5 +752,5 @@ def contact_sheet(path: str, per_domain: int = 6, seed: int = 0, size: int = DEF
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m distsim.sim.hands OUT.png")
+        raise SystemExit("usage: python -m shards.sim.hands OUT.png")
     contact_sheet(sys.argv[1])

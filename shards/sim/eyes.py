@@ -33,7 +33,7 @@ Every sample depends only on ``(domain, seed, index)``: the stream is cut into b
 ``domain`` being the index in ``DOMAINS`` (new domains are appended, so older streams keep
 their samples).
 
-Run ``python -m distsim.sim.eyes OUT.png`` to write a grid of samples to look at.
+Run ``python -m shards.sim.eyes OUT.png`` to write a grid of samples to look at.
 """
 
 from __future__ import annotations
@@ -487,5 +487,5 @@ def _grid_png(path: str, per_domain: int = 8, seed: int = 0, zoom: int = 4) -> N
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m distsim.sim.eyes OUT.png")
+        raise SystemExit("usage: python -m shards.sim.eyes OUT.png")
     _grid_png(sys.argv[1])
