@@ -12,9 +12,6 @@ several estimator seeds, and tests every one on held-out real crops:
 - real poses, synthetic look: the gap that is left once the pose distribution matches;
 - real poses, real look: the "real" row.
 
-``--parts`` trains on the two halves of the real look instead: the real sensor without the
-room's torso and table, and the real room measured by a perfect sensor.
-
     nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/hand_gap_split.py --work /tmp/hand_gap \
         [--size 64 --count 2000 --test-count 500 --steps 600 --batch-size 16 --width 32 \
          --depth 2 --stem-stride 4 --seeds 0 1 2]
@@ -48,11 +45,6 @@ SETS = (  # name, pose domain, look, simulator seed
     ("real poses, synthetic look", "real", "synthetic", 101),
     ("real poses, real look", "real", "real", 101),
 )
-# --parts: which part of the real look is worth what (shards.sim.hands.LOOKS).
-PARTS = (
-    ("synthetic poses, real sensor without torso or table", "synthetic", "real-sensor", 100),
-    ("synthetic poses, real room measured cleanly", "synthetic", "real-room", 100),
-)
 TEST = ("real", "real", 102)
 
 
@@ -60,7 +52,6 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_estimator_args(p, "benchmarks/results/hand_gap_split.json")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="estimator seeds")
-    p.add_argument("--parts", action="store_true", help="only the real look's two parts")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     size = args.size
@@ -68,7 +59,7 @@ def main() -> int:
     test = ensure(args.work / "test-real-102", domain, seed, args.test_count, size, look)
     rows = {}
     started = time.time()
-    for name, domain, look, seed in PARTS if args.parts else SETS:
+    for name, domain, look, seed in SETS:
         train = ensure(args.work / f"{domain}-pose-{look}-look-{seed}", domain, seed,
                        args.count, size, look)  # fmt: skip
         errors = []

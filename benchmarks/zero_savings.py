@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distsim.checkpoint import build_models  # noqa: E402
 from distsim.config import make_config  # noqa: E402
-from distsim.models import count_parameters  # noqa: E402
 
 IMAGE = {"eyes": (1, 35, 55), "hands": (1, 224, 224)}  # the paper's image sizes
 MIB = 2**20
@@ -71,7 +70,9 @@ def saved_activation_bytes(preset: str, device: str) -> tuple[int, int]:
 def model_state(preset: str, gpus: int) -> dict[str, Any]:
     cfg = make_config(preset)
     refiner, disc = build_models(cfg, IMAGE[preset][0])
-    counts = {"R": count_parameters(refiner), "D": count_parameters(disc)}
+    counts = {
+        name: sum(p.numel() for p in m.parameters()) for name, m in (("R", refiner), ("D", disc))
+    }
     total = sum(counts.values())
     shard = 1 - 1 / gpus
     state = 16 * total  # float32 params 4 + grads 4 + Adam m 4 + v 4

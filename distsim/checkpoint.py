@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distsim.config import Config, load_config
-from distsim.models import Discriminator, Refiner
+from distsim.models import Discriminator, Refiner, make_output
 
 PREFIX = "step-"
 
@@ -301,19 +301,10 @@ def has_ema(path: str | Path) -> bool:
 
 
 def build_models(cfg: Config, channels: int) -> tuple[Refiner, Discriminator]:
-    refiner = Refiner(
-        channels,
-        cfg.refiner_width,
-        cfg.refiner_blocks,
-        cfg.refiner_kernel,
-        cfg.refiner_noise,
-        cfg.refiner_output,
-        cfg.refiner_window,
-        cfg.refiner_slack,
-        cfg.refiner_highpass,
-        cfg.refiner_dropout,
-        cfg.refiner_edge,
-    )
+    output = make_output(cfg.refiner_output, window=cfg.refiner_window,
+                         slack=cfg.refiner_slack, dropout=cfg.refiner_dropout)  # fmt: skip
+    refiner = Refiner(channels, cfg.refiner_width, cfg.refiner_blocks, cfg.refiner_kernel,
+                      cfg.refiner_noise, output)  # fmt: skip
     discriminator = Discriminator(channels, cfg.disc_widths, cfg.disc_arch)
     return refiner, discriminator
 

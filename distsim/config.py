@@ -61,33 +61,18 @@ class Config:
     # random sensor noise; see models.Refiner. Ours: 1 (BENCHMARKS.md, issue 10: with the
     # rest of the defaults it beat synthetic eyes on three differently made real domains).
     refiner_noise: int = 1
-    # How R's last layer makes an image: tanh (the paper) or residual (ours, the hand presets):
-    # input + a correction from a zero-initialised head, clamped to [-1, 1] with the gradient
-    # passed straight through. A depth crop's background is exactly the far plane (+1) in
-    # every real crop and tanh never reaches it, so D told refined crops by their background
-    # alone and R wrecked the hands to push it there (BENCHMARKS.md, issue 12); residual R
-    # starts as the exact identity and keeps the far plane exact.
+    # R's output head (models.OUTPUTS): tanh (the paper) or local_range (ours, for depth: the
+    # input plus a correction, each pixel kept within the range of the input around it, so R
+    # can make a sensor's artifacts but cannot draw a surface nearer than any around it or
+    # erase a hand; see models.LocalRange).
     refiner_output: str = "tanh"
-    # "local_range" (ours, for depth): bounded, and each refined pixel kept within the range
-    # of the input depths in the window x window pixels around it (plus a little noise), so R
-    # can make the sensor's artifacts (flying pixels between a surface and the one behind it,
-    # edge drop-outs, noise) but cannot draw a surface nearer than any around it or erase a
-    # hand's interior (see models.Refiner).
-    refiner_window: int = 3
-    # How far beyond that range (in [-1, 1] units; 0.05 is 7.5 mm of the 300 mm cube) R may
-    # move a pixel: room for the sensor's noise, and no more (see models.Refiner).
+    refiner_window: int = 3  # local_range: the window, in pixels (odd)
+    # local_range: how far beyond that range (in [-1, 1] units; 0.05 is 7.5 mm of the 300 mm
+    # cube) R may move a pixel: room for the sensor's noise, and no more.
     refiner_slack: float = 0.05
-    # Gaussian blur (sigma, px) taken off R's change, so it cannot move a region as a whole
-    # (a forearm in depth) and keeps pixel-sized changes; 0: off. See models.Refiner.
-    refiner_highpass: float = 0.0
-    # Random drop-outs (ours, for depth): R also learns a per-pixel rate at which a pixel
-    # shows the farthest depth around it, drawn from its noise input. See models.Refiner.
+    # local_range: R also learns a per-pixel rate at which a pixel shows the farthest depth
+    # around it, drawn from its noise input (models.LocalRangeDropout).
     refiner_dropout: bool = False
-    # Depth edge (ours, for depth; [-1, 1] units, 0: off): a local_range pixel reaches its
-    # window's nearest or farthest depth (a flying pixel, a drop-out) only where that lies more
-    # than this from it; on a surface it keeps to its own depth +- the slack. Off in every
-    # preset: no gain on the validation streams (BENCHMARKS.md). See models.Refiner.
-    refiner_edge: float = 0.0
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)
     # Feature transform for self-regularisation: identity (the paper, grey) | channel_mean (the
@@ -97,12 +82,6 @@ class Config:
     # noisy sensor with its noise input). Identity let R match darker real eyes by moving
     # pupils instead of darkening them (BENCHMARKS.md, "Table 2 on the built-in benchmark").
     psi: str = "smooth"
-    # Gaussian blur (sigma, px) on D's inputs, real and refined alike; 0: none (the paper).
-    # See models.GaussianBlur for why: a refiner cannot make per-image random sensor noise.
-    disc_blur: float = 0.0
-    # D sees its (blurred) input minus a Gaussian blur of this sigma (px); 0: not (the paper).
-    # See models.HighPass for why: absolute depth carries the pose distribution.
-    disc_highpass: float = 0.0
 
     # Algorithm 1.
     seed: int = 0
@@ -209,9 +188,6 @@ class Config:
             "keep_checkpoints",
             "lambda_reg",
             "history_size",
-            "disc_blur",
-            "disc_highpass",
-            "refiner_highpass",
             "check_every",
             "refiner_noise",
             "ema_halflife",
@@ -228,19 +204,13 @@ class Config:
             raise ValueError(f"--refiner-window must be odd and >= 1, got {self.refiner_window}")
         if not 0.0 <= self.refiner_slack < 2.0:
             raise ValueError(f"--refiner-slack must be in [0, 2), got {self.refiner_slack}")
-        if self.refiner_highpass > 0 and self.refiner_output == "tanh":
-            raise ValueError("--refiner-highpass needs --refiner-output residual, bounded or "
-                             "local_range (a correction added to the input), not tanh")  # fmt: skip
         local = self.refiner_output == "local_range"
         if self.refiner_dropout and not (local and self.refiner_noise and self.psi == "identity"):
             raise ValueError("--refiner-dropout needs --refiner-output local_range, "
                              "--refiner-noise 1 or more and --psi identity")  # fmt: skip
-        if self.refiner_edge < 0 or (self.refiner_edge > 0 and not local):
-            raise ValueError(f"--refiner-edge must be >= 0 and needs --refiner-output "
-                             f"local_range, got {self.refiner_edge}")  # fmt: skip
         choices = {
             "disc_arch": ("eyes", "hands"),
-            "refiner_output": ("tanh", "residual", "bounded", "local_range"),
+            "refiner_output": ("tanh", "local_range"),
             "psi": ("identity", "channel_mean", "standardized", "smooth"),
             "optimizer": ("adam", "sgd"),
             "on_bad_shard": ("raise", "skip"),
@@ -262,8 +232,7 @@ class Config:
                 raise ValueError(
                     f"--{_flag(name)} must be one of {allowed}, got {getattr(self, name)!r}"
                 )
-        for name in ("lambda_reg", "lr_r", "lr_r_pretrain", "lr_d", "disc_blur", "disc_highpass",
-                     "refiner_highpass", "ema_halflife", "adam_beta1"):  # fmt: skip
+        for name in ("lambda_reg", "lr_r", "lr_r_pretrain", "lr_d", "ema_halflife", "adam_beta1"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(
                     f"--{_flag(name)} must be a finite number, got {getattr(self, name)}"
@@ -459,24 +428,15 @@ HELP: dict[str, str] = {
     "refiner_blocks": "refiner ResNet blocks (paper: 4 eyes, 10 hands)",
     "refiner_kernel": "refiner kernel size (paper: 3 eyes, 7 hands)",
     "refiner_noise": "channels of per-pixel noise fed to the refiner (0: none, the paper)",
-    "refiner_output": "refiner output: tanh (the paper) or residual (input + a zero-initialised "
-    "correction, clamped to [-1, 1]: exact identity at the start, exact far plane for depth) "
-    "or bounded (residual with the correction kept within 2 by a tanh: no runaway under the "
-    "clamp) or local_range (bounded, each pixel kept within the range of the input around it)",
+    "refiner_output": "refiner output: tanh (the paper) or local_range (input + a "
+    "zero-initialised correction, each pixel kept within the range of the input around it)",
     "refiner_window": "window, in pixels, of the local_range output (odd)",
     "refiner_slack": "how far (in [-1, 1] units) the local_range output may leave the range "
     "of the input around a pixel",
-    "refiner_highpass": "Gaussian blur sigma (px) taken off the refiner's change, so it "
-    "cannot move a whole region in depth (0: off; not with --refiner-output tanh)",
     "refiner_dropout": "the refiner also learns a per-pixel rate of random drop-outs to the "
     "farthest depth around (local_range and a noise input only)",
-    "refiner_edge": "depth step (in [-1, 1] units) beyond which a local_range pixel may take its "
-    "window's nearest or farthest depth; on a surface it keeps its own +- the slack (0: off)",
     "disc_arch": "discriminator geometry: eyes or hands",
     "disc_widths": "discriminator widths of its four convolutions (paper: 96,64,32,32)",
-    "disc_blur": "Gaussian blur sigma (px) on the discriminator's inputs (0: none, the paper)",
-    "disc_highpass": "the discriminator sees its input minus a Gaussian blur of this sigma "
-    "(px): local detail, not absolute depth (0: off, the paper)",
     "psi": "self-regularisation feature transform: identity, channel_mean (colour), "
     "standardized (per-image zero mean, unit std: tone changes are free) or smooth "
     "(standardized after a 1 px blur: pixel noise is free too)",
@@ -622,9 +582,7 @@ LEGACY: dict[str, Any] = {
     "refiner_output": "tanh",
     "refiner_window": 3,
     "refiner_slack": 0.05,
-    "refiner_highpass": 0.0,
     "refiner_dropout": False,
-    "refiner_edge": 0.0,
     "builtin_sim": "eyes",
     "builtin_size": 224,
     "builtin_real": "real",
@@ -640,10 +598,37 @@ LEGACY: dict[str, Any] = {
 }
 
 
+# Settings distsim had and measured to gain nothing: the value that meant "off", and why
+# they went. A run made with another value cannot be rebuilt.
+REMOVED: dict[str, tuple[Any, str]] = {
+    "refiner_highpass": (0.0, "a blur taken off the refiner's change gained the estimator nothing"),
+    "refiner_edge": (0.0, "drop-outs gated by a depth edge gained the estimator nothing"),
+    "disc_blur": (0.0, "a blur on the discriminator's inputs gained nothing"),
+    "disc_highpass": (0.0, "a high-pass on the discriminator's inputs gained nothing"),
+}
+REMOVED_CHOICES: dict[str, dict[Any, str]] = {
+    "refiner_output": {
+        "residual": "its unbounded correction ran away under the clamp",
+        "bounded": "local_range replaced it for depth; no preset used it",
+    },
+}
+
+
 def load_config(path: str | Path) -> Config:
-    """Read a run's config.json back (tuples come back as lists in JSON)."""
+    """Read a run's config.json back (tuples come back as lists in JSON). ValueError, one
+    line naming the file, for a run made with a setting distsim no longer has."""
     data = LEGACY | json.loads(Path(path).read_text())
     data.setdefault("lr_r_pretrain", data.get("lr_r", Config.lr_r))  # one rate, before
+    for name, (off, why) in REMOVED.items():
+        value = data.pop(name, off)
+        if value != off:
+            raise ValueError(f"{path}: made with --{_flag(name)} {value}, which distsim no "
+                             f"longer has ({why}); use distsim 0.1.0 for this run")  # fmt: skip
+    for name, gone in REMOVED_CHOICES.items():
+        if data.get(name) in gone:
+            raise ValueError(f"{path}: made with --{_flag(name)} {data[name]}, which distsim no "
+                             f"longer has ({gone[data[name]]}); use distsim 0.1.0 for this "
+                             "run")  # fmt: skip
     for f in dataclasses.fields(Config):
         if typing.get_origin(_field_type(f)) is tuple and f.name in data:
             data[f.name] = tuple(data[f.name])

@@ -95,7 +95,6 @@ class SimGANStep:
         raw_refiner: nn.Module | None = None,
         raw_discriminator: nn.Module | None = None,
         adversarial: str = "local",
-        d_view: nn.Module | None = None,
         history: HistoryBuffer | None = None,
         sharded_history: bool = False,
         gather: Gather | None = None,
@@ -129,7 +128,6 @@ class SimGANStep:
         # adversarial phase (losses.self_regularization_loss's `free`).
         self.free_target = free_target
         self.verdicts = global_logits if adversarial == "global" else _same
-        self.d_view = d_view if d_view is not None else nn.Identity()
         self.history = history
         # Sharded: this rank's own B/W slots, nothing exchanged (history.py).
         self.sharded_history = sharded_history and world_size > 1
@@ -237,7 +235,7 @@ class SimGANStep:
             free = self.free_target(syn) if adversarial and self.free_target else None
             reg = self_regularization_loss(refined, syn, psi, free).mean()
             if adversarial:
-                logits = self.verdicts(self._frozen_d(self.d_view(refined)))
+                logits = self.verdicts(self._frozen_d(refined))
                 adv = local_adversarial_loss(logits, REAL).mean()
                 loss = adv + self.lambda_reg * reg
             else:
@@ -254,7 +252,7 @@ class SimGANStep:
         n_fake = fake.shape[0]
         with self._autocast():
             both = torch.cat([fake, real])  # (n_fake + b, C, H, W)
-            logits = self.verdicts(self.discriminator(self.d_view(both)))  # (., 2, h, w)
+            logits = self.verdicts(self.discriminator(both))  # (., 2, h, w)
         logits_fake, logits_real = logits[:n_fake], logits[n_fake:]
         loss_fake = local_adversarial_loss(logits_fake, REFINED).mean()
         loss_real = local_adversarial_loss(logits_real, REAL).mean()

@@ -63,7 +63,6 @@ from distsim.guards import (
 from distsim.history import CODE_LEVELS, HistoryBuffer, codes_fit, deal, merged_images
 from distsim.images import depth_grid, grid, plot_curves, save_png, titled
 from distsim.losses import PSI
-from distsim.models import GaussianBlur, HighPass
 from distsim.realism import RealismProbe
 from distsim.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 from shards.cliutil import one_line
@@ -464,11 +463,6 @@ class Run:
             refiner_ddp, discriminator_ddp, opt_r, opt_d,
             raw_refiner=self.r_raw, raw_discriminator=self.d_raw,
             psi=PSI[cfg.psi], lambda_reg=cfg.lambda_reg, adversarial=cfg.adversarial,
-            # What D looks at: the images, blurred alike for real and refined (--disc-blur),
-            # then minus a wider blur (--disc-highpass).
-            d_view=torch.nn.Sequential(
-                GaussianBlur(cfg.disc_blur, channels), HighPass(cfg.disc_highpass, channels)
-            ).to(device),
             history=self.history, sharded_history=self.sharded,
             gather=self.comm.counted("d_history", accelerator.gather),
             rank=self.rank, world_size=self.world, precision=self.precision,
@@ -478,7 +472,7 @@ class Run:
             compile=cfg.compile, compile_mode=cfg.compile_mode,
             update_if=self._finite_everywhere if cfg.on_nonfinite == "skip" else None,
             # A drop-out to the farthest depth around costs no self-regularisation.
-            free_target=self.r_raw.drop_target if cfg.refiner_dropout else None,
+            free_target=self.r_raw.output.drop_target if cfg.refiner_dropout else None,
         )  # fmt: skip
         if state is not None:
             self.step.load_state_dict(state.get("step", {}) | {"scaler": state.get("scaler")})
@@ -666,7 +660,7 @@ class Run:
             return
         self.warned_saturation = True  # once: a collapsed run stays collapsed
         if self.accelerator.is_main_process:
-            # A residual refiner's clamp passes gradients through, so what is wrong there is
+            # A local-range refiner's clamp passes gradients through, so what is wrong there is
             # the picture (pixels pushed to a plane: a depth hand erased), not the gradients.
             if self.cfg.refiner_output == "tanh":
                 why = "so the refiner's tanh has saturated and its gradients vanish; it seldom"

@@ -43,18 +43,14 @@ def test_flags_override_preset():
         (["--refiner-kernel", "4"], "odd"),
         (["--refiner-window", "4"], "--refiner-window must be odd"),
         (["--refiner-slack", "-0.1"], "--refiner-slack must be in"),
-        (["--disc-highpass", "-1"], "--disc-highpass must be"),
-        (["--refiner-highpass", "-1"], "--refiner-highpass must be"),
-        (["--refiner-highpass", "2"], "--refiner-highpass needs --refiner-output"),
         (["--refiner-dropout"], "--refiner-dropout needs --refiner-output local_range"),
         (
             ["--refiner-dropout", "--refiner-output", "local_range", "--refiner-noise", "0"],
             "--refiner-dropout needs",
         ),
         (["--preset", "hands-cpu", "--refiner-dropout", "--psi", "smooth"], "--psi identity"),
-        (["--refiner-edge", "0.05"], "--refiner-edge must be >= 0 and needs --refiner-output"),
-        (["--preset", "hands-cpu", "--refiner-edge", "-0.1"], "--refiner-edge must be >= 0"),
         (["--refiner-output", "sigmoid"], "--refiner-output must be one of"),
+        (["--refiner-output", "residual"], "--refiner-output must be one of"),
         (["--batch-size", "7"], "even"),
     ],
 )
@@ -77,3 +73,23 @@ def test_help_shows_the_chosen_presets_values(capsys):
             resolve(["--preset", preset, "--help"])
         text = " ".join(capsys.readouterr().out.split())
         assert f"buffer) ({preset}: {batch})" in text, text[:300]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "words"),
+    [
+        ("refiner_highpass", 2.0, "--refiner-highpass 2.0, which distsim no longer has"),
+        ("disc_blur", 1.0, "--disc-blur 1.0, which distsim no longer has"),
+        ("refiner_output", "residual", "--refiner-output residual, which distsim no longer has"),
+    ],
+)
+def test_a_run_made_with_a_removed_setting_is_refused_in_one_line(tmp_path, setting, value, words):
+    saved = json.loads(make_config("smoke").to_json())
+    path = tmp_path / "config.json"
+    # Off, a removed setting is what every run had: such a config loads as if it were absent.
+    path.write_text(json.dumps(saved | {"refiner_highpass": 0.0, "disc_blur": 0.0}))
+    assert load_config(path) == make_config("smoke")
+    path.write_text(json.dumps(saved | {setting: value}))
+    with pytest.raises(ValueError, match=words) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)

@@ -153,7 +153,7 @@ def test_a_read_only_run_directory_is_one_line(tmp_path, capsys, monkeypatch):
     [
         (["--refiner-width", "0"], ["--refiner-width must be positive"]),
         (["--disc-widths", "8,0,8,8"], ["--disc-widths must all be positive"]),
-        (["--disc-blur", "nan"], ["--disc-blur must be a finite number"]),
+        (["--lambda-reg", "nan"], ["--lambda-reg must be a finite number"]),
         (["--lr-d", "inf"], ["--lr-d must be a finite number"]),
         (["--pretrain-r-steps", "0", "--pretrain-d-steps", "0", "--steps", "0"],
          ["nothing to train"]),

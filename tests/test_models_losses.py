@@ -14,13 +14,14 @@ from distsim.losses import (
 )
 from distsim.models import (
     DROP_LOGIT_START,
-    RANGE_SLACK,
     REAL,
     REFINED,
     Discriminator,
-    HighPass,
+    LocalRange,
+    LocalRangeDropout,
     Refiner,
-    farthest_depth,
+    make_output,
+    window_max,
 )
 
 
@@ -80,47 +81,6 @@ def test_refiner_keeps_shape_and_range(channels, kernel, blocks, shape):
     assert y.abs().max() < 1.0
     n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in r.modules())
     assert n_convs == 2 + 2 * blocks
-
-
-def test_residual_refiner_starts_as_the_exact_identity_and_keeps_the_far_plane():
-    torch.manual_seed(0)
-    r = Refiner(1, 8, 2, 5, noise_channels=1, output="residual")
-    # A depth crop: far-plane background (+1), a hand in between, a near pixel at -1.
-    x = torch.ones(2, 1, 16, 16)
-    x[:, :, 4:12, 6:10] = torch.linspace(-0.9, 0.3, 8).view(8, 1)
-    x[:, :, 5, 7] = -1.0
-    noise = torch.randn(2, 1, 16, 16)
-    assert torch.equal(r(x, noise), x)  # exact, limits included: nothing to pretrain away
-    with torch.no_grad():
-        r.head.bias.fill_(0.5)  # a correction that pushes everything past the far plane
-    y = r(x, noise)
-    assert y.max() == 1.0 and y.min() >= -1.0 and (y[x == 1.0] == 1.0).all()
-    # The clamp passes the gradient straight through, so a pixel pushed past a limit can
-    # still be pulled back (a plain clamp would leave it stuck there).
-    y.sum().backward()
-    assert r.head.bias.grad.item() == x.numel()
-    with pytest.raises(ValueError, match="output must be one of"):
-        Refiner(1, 8, 1, 3, output="sigmoid")
-
-
-def test_bounded_refiner_is_the_identity_at_first_and_its_correction_stays_within_two():
-    torch.manual_seed(0)
-    r = Refiner(1, 8, 2, 5, noise_channels=1, output="bounded")
-    x = torch.ones(2, 1, 16, 16)
-    x[:, :, 4:12, 6:10] = torch.linspace(-0.9, 0.3, 8).view(8, 1)
-    noise = torch.randn(2, 1, 16, 16)
-    assert torch.equal(r(x, noise), x)
-    with torch.no_grad():
-        r.head.bias.fill_(1e6)  # what ran away under "residual": now a correction of 2 at most
-    y = r(x, noise)
-    assert torch.equal(y, torch.ones_like(x))  # clamped: every pixel at the far plane
-    h = torch.relu(r.stem(torch.cat([x, noise], 1)))
-    raw = x + 2.0 * torch.tanh(r.head(r.blocks(h)))
-    assert raw.max() <= 3.0  # the value under the clamp is bounded
-    with torch.no_grad():
-        r.head.bias.fill_(0.25)
-    y = r(x, noise)
-    torch.testing.assert_close(y, (x + 2 * np.tanh(0.25)).clamp(-1, 1))
 
 
 def _reference_adv(logits: np.ndarray, target: int) -> np.ndarray:
@@ -197,22 +157,6 @@ def test_global_logits_pool_the_patch_map_into_one_decision():
     torch.testing.assert_close(local[0], torch.tensor(want_local))
 
 
-@pytest.mark.parametrize("sigma", [1.0, 2.0])
-def test_discriminator_blur_matches_scipy_and_keeps_flat_images(sigma):
-    from scipy.ndimage import gaussian_filter
-
-    from distsim.models import GaussianBlur
-
-    x = torch.randn(3, 2, 35, 55, generator=torch.Generator().manual_seed(0))
-    got = GaussianBlur(sigma, channels=2)(x)
-    # torch's "reflect" padding is scipy's "mirror"; no blur across images or channels.
-    want = gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror", truncate=3.0)
-    torch.testing.assert_close(got, torch.from_numpy(want), rtol=1e-5, atol=1e-5)
-    flat = torch.full((1, 1, 35, 55), 0.3)
-    torch.testing.assert_close(GaussianBlur(sigma)(flat), flat)
-    assert torch.equal(GaussianBlur(0.0)(x), x)
-
-
 def test_standardized_psi_prices_shape_not_tone():
     from distsim.losses import psi_standardized
 
@@ -229,12 +173,12 @@ def test_standardized_psi_prices_shape_not_tone():
     torch.testing.assert_close(standardized.std(1), torch.ones(4), atol=2e-3, rtol=0)
 
 
-@pytest.mark.parametrize("slack", [RANGE_SLACK, 0.02])
+@pytest.mark.parametrize("slack", [0.05, 0.02])
 def test_local_range_refiner_keeps_each_pixel_within_the_depths_around_it(slack: float):
     """A sensor's artifacts only mix the surfaces it sees: no refined pixel may be nearer than
     the nearest input depth in its window or farther than the farthest (plus the slack)."""
     torch.manual_seed(0)
-    r = Refiner(1, 8, 2, 5, noise_channels=1, output="local_range", window=3, slack=slack)
+    r = Refiner(1, 8, 2, 5, noise_channels=1, output=LocalRange(window=3, slack=slack))
     x = torch.ones(2, 1, 16, 16)  # far plane
     x[:, :, 4:12, 6:10] = torch.linspace(-0.9, 0.3, 8).view(8, 1)  # a "finger"
     noise = torch.randn(2, 1, 16, 16)
@@ -256,63 +200,9 @@ def test_local_range_refiner_keeps_each_pixel_within_the_depths_around_it(slack:
     y.sum().backward()  # the clamp passes the gradient straight through
     assert r.head.bias.grad.abs().item() > 0
     with pytest.raises(ValueError, match="window must be odd"):
-        Refiner(1, 8, 1, 3, output="local_range", window=4)
+        LocalRange(window=4)
     with pytest.raises(ValueError, match="slack must be in"):
-        Refiner(1, 8, 1, 3, output="local_range", slack=-0.1)
-
-
-class _FixedHead(torch.nn.Module):
-    """A refiner head that asks for the correction `change` whatever it is shown."""
-
-    def __init__(self, change: torch.Tensor) -> None:
-        super().__init__()
-        self.logits = torch.atanh(change / 2.0)  # local_range squashes by 2 tanh
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.logits
-
-
-def test_highpass_refiner_cannot_move_a_region_but_can_drop_a_pixel():
-    """--refiner-highpass: a correction as wide as a forearm (R asking for all of it 0.5
-    farther) cancels inside it, one the clamp hides under the far plane does not spill onto
-    the hand, and a one-pixel drop-out keeps nearly all of itself; the same refiner without
-    it (sigma 0, the default) moves the forearm."""
-    x = torch.full((1, 1, 24, 24), 1.0)  # far plane
-    x[:, :, 4:20, 6:18] = torch.linspace(-0.5, 0.2, 16).view(16, 1)  # a forearm
-    forearm = torch.zeros_like(x, dtype=torch.bool)
-    forearm[:, :, 4:20, 6:18] = True
-    r = Refiner(1, 8, 1, 3, output="local_range", slack=0.5, highpass=2.0)
-    plain = Refiner(1, 8, 1, 3, output="local_range", slack=0.5)
-    plain.load_state_dict(r.state_dict())  # the blur kernel is not a weight
-
-    r.head = plain.head = _FixedHead(torch.full_like(x, 0.5))
-    assert (plain(x) - x)[:, :, 8:16, 10:14].min() > 0.4  # without it the forearm moves...
-    assert (r(x) - x)[:, :, 8:16, 10:14].abs().max() < 0.02  # ...with it, its middle does not
-
-    # A large correction over the background only: clamped away there, and not blurred onto
-    # the forearm (taking the blur off the raw correction would move its rim 0.5 nearer).
-    r.head = _FixedHead(torch.where(forearm, 0.0, 1.9))
-    torch.testing.assert_close(r(x), x)
-
-    # A drop-out asked at one pixel of the forearm's edge still happens, nearly whole; what
-    # the blur takes off it pulls the pixels around it nearer, no further than the local range
-    # lets them (a row's step of the forearm's slope plus the slack).
-    drop = torch.zeros_like(x)
-    drop[..., 12, 6] = 1.9
-    r = Refiner(1, 8, 1, 3, output="local_range", slack=0.02, highpass=2.0)
-    r.head = _FixedHead(drop)
-    moved = r(x) - x
-    assert moved[..., 12, 6].item() > 0.9 * (1.0 - x[..., 12, 6].item())
-    moved[..., 12, 6] = 0.0
-    assert moved.min() >= -(0.7 / 15 + 0.02) - 1e-6 and moved.max() <= 0.0
-
-    one = torch.zeros(1, 1, 24, 24)
-    one[..., 12, 12] = 1.0
-    assert 0.95 < r.highpass(one)[..., 12, 12].item() < 0.97  # 96 % of a pixel kept at sigma 2
-    with pytest.raises(ValueError, match="highpass must be >= 0"):
-        Refiner(1, 8, 1, 3, output="local_range", highpass=-1.0)
-    with pytest.raises(ValueError, match="not tanh"):
-        Refiner(1, 8, 1, 3, output="tanh", highpass=2.0)
+        LocalRange(slack=-0.1)
 
 
 def test_dropout_refiner_drops_at_its_rate_to_the_farthest_depth_around():
@@ -328,7 +218,7 @@ def test_dropout_refiner_drops_at_its_rate_to_the_farthest_depth_around():
     farthest = F.max_pool2d(x, 3, stride=1, padding=1)
     torch.manual_seed(0)
     noise = torch.randn(64, 1, 16, 16)
-    r = Refiner(1, 8, 1, 3, noise_channels=1, output="local_range", slack=0.02, dropout=True)
+    r = Refiner(1, 8, 1, 3, noise_channels=1, output=LocalRangeDropout(slack=0.02))
     edges = farthest > x
     start = (r(x, noise) != x).float()[edges].mean().item()
     assert abs(start - 0.25) < 0.03  # a quarter of each edge at first (p = sigmoid(-1.1))
@@ -361,58 +251,9 @@ def test_dropout_refiner_drops_at_its_rate_to_the_farthest_depth_around():
     y = r(x, noise)
     kept = ~drawn & (x < 1.0)
     torch.testing.assert_close(y[kept], (x + 0.02)[kept])
-    with pytest.raises(ValueError, match="dropout needs"):
-        Refiner(1, 8, 1, 3, output="local_range", dropout=True)
-    with pytest.raises(ValueError, match="dropout needs"):
-        Refiner(1, 8, 1, 3, noise_channels=1, output="bounded", dropout=True)
-
-
-def test_edge_refiner_reaches_the_window_only_across_a_depth_edge():
-    """--refiner-edge: on a sloping surface (a forearm, 0.03 a pixel) a pixel keeps to its own
-    depth +- the slack, neither pulled to its window's nearest depth (bands of nearer depth)
-    nor dropped to its farthest; across a step larger than `edge` (the silhouette, a finger
-    over the palm) flying pixels and drop-outs reach the window as without it; and
-    ``drop_target`` is what a drop-out shows, so a drop-only refiner costs no
-    self-regularisation."""
-    x = torch.ones(64, 1, 16, 16)  # far plane
-    x[:, :, 2:14, 2:14] = torch.linspace(-0.3, 0.03, 12).view(12, 1)  # a sloping palm
-    x[:, :, 6:10, 5:9] = -0.6  # a finger in front of it
-    nearest = -F.max_pool2d(-x, 3, stride=1, padding=1)
-    farthest = F.max_pool2d(x, 3, stride=1, padding=1)
-    torch.manual_seed(0)
-    noise = torch.randn(64, 1, 16, 16)
-    r = Refiner(1, 8, 1, 3, noise_channels=1, output="local_range", slack=0.02, edge=0.05)
-    plain = Refiner(1, 8, 1, 3, noise_channels=1, output="local_range", slack=0.02)
-    plain.load_state_dict(r.state_dict())
-    assert torch.equal(r(x, noise), x)  # still the identity at first
-    for bias, bound, without in ((-1.0, nearest - 0.02, plain), (1.0, farthest + 0.02, plain)):
-        with torch.no_grad():
-            r.head.bias.fill_(bias)  # everything 2 tanh(1) = 1.5 nearer, then farther
-            without.head.bias.fill_(bias)
-        y, y_plain = r(x, noise), without(x, noise)
-        step = (bound - x).abs() > 0.05 + 0.02  # the window holds a depth edge this way
-        surface = (x < 1.0) & ~step
-        torch.testing.assert_close(y[surface], (x + math.copysign(0.02, bias))[surface])
-        torch.testing.assert_close(y[step], bound.clamp(-1, 1)[step])
-        torch.testing.assert_close(y_plain, bound.clamp(-1, 1).where(x < 1.0, y_plain))
-        assert surface.sum() > 1000 and (step & (x < 1.0)).sum() > 100
-        # Without it the slope's step and the slack (0.05) on every surface pixel whose window
-        # runs on down (up) the slope: bands.
-        assert ((y_plain - x).abs() > 0.045)[surface].float().mean() > 0.75
-
-    d = Refiner(1, 8, 1, 3, 1, "local_range", slack=0.02, dropout=True, edge=0.05)
-    with torch.no_grad():
-        d.head.bias[1] = 20.0  # drop every pixel
-    target = torch.where(farthest - x > 0.05, farthest, x)
-    torch.testing.assert_close(d(x, noise), target, rtol=0, atol=0)
-    torch.testing.assert_close(d.drop_target(x), target, rtol=0, atol=0)
-    assert (target != x).sum() > 100 and (target == x)[(x < 1.0) & (farthest - x < 0.05)].all()
-    free = self_regularization_loss(d(x, noise), x, free=d.drop_target(x))
-    assert torch.equal(free, torch.zeros_like(free))
-    with pytest.raises(ValueError, match="edge must be >= 0"):
-        Refiner(1, 8, 1, 3, output="bounded", edge=0.05)
-    with pytest.raises(ValueError, match="edge must be >= 0"):
-        Refiner(1, 8, 1, 3, output="local_range", edge=-0.1)
+    with pytest.raises(ValueError, match="dropout needs noise_channels"):
+        Refiner(1, 8, 1, 3, output=LocalRangeDropout())
+    assert torch.equal(r.output.drop_target(x), farthest)
 
 
 def test_a_drop_out_to_the_farthest_depth_costs_no_self_regularisation():
@@ -421,7 +262,7 @@ def test_a_drop_out_to_the_farthest_depth_costs_no_self_regularisation():
     `free` a drop-out costs its whole depth step."""
     x = torch.ones(1, 1, 8, 8)
     x[:, :, 2:6, 2:6] = 0.0  # a surface on the far plane
-    far = farthest_depth(x, 3)
+    far = window_max(x, 3)
     dropped = x.clone()
     dropped[0, 0, 2, 3] = 1.0  # an edge pixel shows the far plane
     nearly = x.clone()
@@ -437,14 +278,16 @@ def test_a_drop_out_to_the_farthest_depth_costs_no_self_regularisation():
     )
 
 
-def test_highpass_hides_a_depth_offset_and_keeps_detail():
-    """What D sees through --disc-highpass: shifting a whole crop in depth changes nothing,
-    a one-pixel drop-out still shows; sigma 0 is the identity."""
-    torch.manual_seed(0)
-    x = torch.rand(2, 1, 24, 24) * 0.1 - 0.3
-    view = HighPass(2.0)
-    torch.testing.assert_close(view(x + 0.2), view(x), atol=1e-5, rtol=0)
-    dropped = x.clone()
-    dropped[:, :, 12, 12] = 1.0
-    assert (view(dropped) - view(x))[:, :, 12, 12].min() > 0.8
-    assert torch.equal(HighPass(0.0)(x), x)
+def test_output_heads_are_chosen_by_name():
+    assert type(make_output("tanh")).__name__ == "Tanh"
+    local = make_output("local_range", window=5, slack=0.02)
+    assert type(local) is LocalRange and (local.window, local.slack) == (5, 0.02)
+    assert type(make_output("local_range", dropout=True)) is LocalRangeDropout
+    # Only a drop-out head has a second channel, and only heads made as input + correction
+    # start as the exact identity.
+    assert Refiner(1, 8, 1, 3, 1, make_output("local_range", dropout=True)).head.out_channels == 2
+    assert Refiner(1, 8, 1, 3).head.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="output must be one of"):
+        make_output("residual")
+    with pytest.raises(ValueError, match="dropout needs output 'local_range'"):
+        make_output("tanh", dropout=True)

@@ -15,7 +15,7 @@ from distsim.config import make_config
 from distsim.ema import EMA
 from distsim.history import HistoryBuffer
 from distsim.losses import psi_identity, psi_standardized
-from distsim.models import Discriminator, Refiner
+from distsim.models import Discriminator, LocalRangeDropout, Refiner
 from distsim.noise import indexed_noise
 from distsim.refine import main as refine_main
 from distsim.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
@@ -185,7 +185,7 @@ def test_drop_outs_stay_out_of_pretraining_and_cost_no_self_regularisation_after
     drop-out channel gets no gradient then; in the adversarial phase it does, and with the
     free target a drop-out costs no self-regularisation."""
     torch.manual_seed(0)
-    refiner = Refiner(1, 8, 1, 3, 1, output="local_range", slack=0.02, dropout=True)
+    refiner = Refiner(1, 8, 1, 3, 1, LocalRangeDropout(slack=0.02))
     discriminator = Discriminator(1, (8, 8, 8, 8))
     opt_r = torch.optim.Adam(refiner.parameters(), 1e-3)
     opt_d = torch.optim.Adam(discriminator.parameters(), 1e-3)
@@ -207,7 +207,7 @@ def test_drop_outs_stay_out_of_pretraining_and_cost_no_self_regularisation_after
 
     # With free_target (train.py, --refiner-dropout) the drop-outs cost no
     # self-regularisation: a refiner that only drops (its other head channel zero) has none.
-    step.free_target = refiner.drop_target
+    step.free_target = refiner.output.drop_target
     with torch.no_grad():
         refiner.head.weight.zero_()
         refiner.head.bias.copy_(torch.tensor([0.0, 4.0]))  # p = 0.95

@@ -279,14 +279,3 @@ def test_colour_images_train_with_channel_mean_psi(tmp_path):
         grey = make_config("smoke", run_dir=str(tmp_path / "grey"), progress=False,
                            cache_dir=str(tmp_path / "cache"), psi="channel_mean")  # fmt: skip
         training_loop(grey)
-
-
-def test_blurred_discriminator_view_trains(tmp_path):
-    cfg = make_config(
-        "smoke", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-        progress=False, disc_blur=1.0,
-    )  # fmt: skip
-    run_dir = training_loop(cfg)
-    assert json.loads((run_dir / "config.json").read_text())["disc_blur"] == 1.0
-    scalars = _scalars(run_dir)
-    assert all(math.isfinite(v) for v in scalars["d_loss"] + scalars["r_adv"])

@@ -155,15 +155,16 @@ def test_hand_run_with_drop_outs_trains_and_its_checkpoint_refines_with_them(tmp
     cfg = _hand_cfg(tmp_path, refiner_output="local_range", refiner_noise=1, refiner_dropout=True)
     run_dir = training_loop(cfg)
     refiner, _, saved = load_models(list_checkpoints(run_dir)[-1])
-    assert saved.refiner_dropout and refiner.dropout and refiner.head.out_channels == 2
+    assert saved.refiner_dropout and refiner.head.out_channels == 2
+    assert type(refiner.output).__name__ == "LocalRangeDropout"
     x = torch.ones(4, 1, 32, 32)
     x[:, :, 8:24, 8:24] = 0.0  # a surface with edges
     noise = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         y = refiner(x, noise)
         assert torch.equal(refiner(x, noise), y)
-    edges = refiner.drop_target(x) > x
-    dropped = edges & (y == refiner.drop_target(x))
+    edges = refiner.output.drop_target(x) > x
+    dropped = edges & (y == refiner.output.drop_target(x))
     assert dropped.any()  # p started at a quarter and a few steps do not take it to zero
-    nothing_near = -refiner.drop_target(-x) == 1.0  # window all far plane
+    nothing_near = -refiner.output.drop_target(-x) == 1.0  # window all far plane
     assert (y[nothing_near] == 1.0).all()  # stays exactly there

@@ -104,7 +104,6 @@ from shards.depth import CUBE_MM, EVAL_JOINTS, FOCAL, NUM_JOINTS, encode_depth
 __all__ = [
     "DEFAULT_SIZE",
     "DOMAINS",
-    "LOOKS",
     "FRAME_SHAPE",
     "JOINT_NAMES",
     "PALM_CENTRE",
@@ -158,15 +157,6 @@ _FOREARM_LEN = 280.0  # wrist to elbow: far outside the 300 mm cube
 _FB = _FX * 75.0
 _MAX_RANGE = 4000.0  # mm; beyond it the sensor returns nothing
 _SYNTHETIC, _REAL = 0, 1
-_SENSOR_ONLY = 2  # the real room drawn, only its wall kept
-# Every look as (room, sensor): which scene shows the hand and which sensor measures it.
-LOOKS = (*DOMAINS, "real-sensor", "real-room")
-_LOOK_PARTS = {
-    "synthetic": (_SYNTHETIC, _SYNTHETIC),
-    "real": (_REAL, _REAL),
-    "real-sensor": (_SENSOR_ONLY, _REAL),
-    "real-room": (_REAL, _SYNTHETIC),
-}
 
 
 @dataclass
@@ -208,15 +198,10 @@ def render(
 ) -> dict[str, np.ndarray]:
     """Crops for the given sample indices of the stream (domain, seed), in the given order.
 
-    `look` (default: `domain`) renders the stream's hands as the other domain shows them:
-    ``render("synthetic", i, s, look="real")`` gives the same hands, poses and crop boxes as
-    ``render("synthetic", i, s)`` in a room through the sensor model, which is what a perfect
-    refiner would make of them (benchmarks/hand_gap_split.py: how much of the domain gap is
-    appearance, the part refinement can close, and how much is the pose distribution).
-    Two looks split the real one: ``"real-sensor"`` is the real sensor with the real room's
-    wall (beyond the cube, but where the projector's shadows fall) and no torso or table, and
-    ``"real-room"`` the real room rendered clean; both draw the whole room, so the hands and
-    the sensor's random draws stay those of ``"real"``.
+    `look` (a domain; default `domain`) renders the stream's hands as that domain shows
+    them: ``render("synthetic", i, s, look="real")`` gives the same hands, poses and crop
+    boxes as ``render("synthetic", i, s)`` in a room through the sensor model, which is what
+    a perfect refiner would make of them: the ceiling of what refinement can reach.
 
     Returns {"image": uint16 (N, 1, size, size) depth codes (``shards.depth``, 0 invalid),
     "joints_uvd": float32 (N, 36, 3) crop pixels + mm, "joints_xyz": float32 (N, 36, 3) camera
@@ -234,9 +219,9 @@ def render(
     for i in indices:
         _check_int("index", i)
     dom = DOMAINS.index(domain)
-    if look is not None and look not in LOOKS:
-        raise ValueError(f"unknown look {look!r}; expected one of {LOOKS}")
-    room, sensor = (dom, dom) if look is None else _LOOK_PARTS[look]
+    if look is not None and look not in DOMAINS:
+        raise ValueError(f"unknown look {look!r}; expected one of {DOMAINS}")
+    room = sensor = dom if look is None else DOMAINS.index(look)
     n = len(indices)
     out = {
         "image": np.zeros((n, 1, size, size), np.uint16),
@@ -329,12 +314,11 @@ def _sample_scene(rng: np.random.Generator, dom: int, shown: int | None = None) 
         )
         walls: list[tuple[float, float, float]] = []
         tables: list[tuple[float, float]] = []
-        if shown in (_REAL, _SENSOR_ONLY):
-            with_body, walls, room_tables = _sample_background(
+        if shown == _REAL:
+            # The wall is beyond the cube, but the sensor's shadows fall on it.
+            ellipsoids, walls, tables = _sample_background(
                 rng, ellipsoids, _place(elbow, *move), centre
-            )  # the wall is beyond the cube, but the sensor's shadows fall on it
-            if shown == _REAL:
-                ellipsoids, tables = with_body, room_tables
+            )
         return _Scene(
             capsules, ellipsoids, joints, (u0, v0, b), np.array([cu, cv, z]), walls, tables
         )

@@ -89,8 +89,8 @@ def convert_sim_hands(
     recorded in the manifest's source when given)."""
     from shards.sim import hands
 
-    if look is not None and look not in hands.LOOKS:
-        raise ValueError(f"unknown look {look!r}; expected one of {hands.LOOKS}")
+    if look is not None and look not in hands.DOMAINS:
+        raise ValueError(f"unknown look {look!r}; expected one of {hands.DOMAINS}")
     output = simulator_output(
         out_dir,
         domain,
