@@ -5,7 +5,7 @@
 # step, our compiled step; eye and hand configs), then the gaze estimator trained with and
 # without DeepSpeed (ZeRO-2, bf16: time per step, peak memory; skipped with a note where
 # deepspeed is not installed), then the `hands` preset trained at 224x224 for a few hundred
-# steps in bf16 with and without channels-last (issue 12; images/s over the adversarial phase,
+# steps in bf16 with and without channels-last (images/s over the adversarial phase,
 # read from its TensorBoard log by benchmarks/scaling.py's measure_one).
 # Logs and JSON go to $OUT.
 #

@@ -56,7 +56,7 @@ from shards.sources.sim_eyes import convert_sim_eyes
 
 PROG = "distsim.report"
 # Streams are keyed by seed: these never overlap the built-in shards SimGAN trains on (seed 0)
-# or the validation streams settings were chosen on (benchmarks/domain_sweep.py: 3000, 5000).
+# or the validation streams settings were chosen on (experiments/domain_sweep.py: 3000, 5000).
 SYNTHETIC_SEED, TEST_SEED = 1000, 2000
 VARIANTS: dict[str, dict[str, Any]] = {
     "simgan": {},

@@ -9,7 +9,7 @@ For each seed: render `3 * train-count` labelled synthetic hand crops, `train-co
 "real" crops (the upper bound: an estimator trained on labelled real data) and `test-count`
 held-out real crops to test on, all from the built-in simulator (`shards.sim.hands`) at the
 SimGAN preset's crop size, on simulator seeds that neither SimGAN's built-in shards (seed 0)
-nor `benchmarks/hand_gap.py` (100-102) use. Train SimGAN once on the built-in synthetic and
+nor `experiments/hand_gap.py` (100-102) use. Train SimGAN once on the built-in synthetic and
 unlabelled real shards, refine the synthetic crops with its final refiner (the weight average
 when the run keeps one), and train the stacked-hourglass estimator
 (`distsim.evaluate_hands`, CPU size by default: 2 stacks of width 32 and depth 2, stride-4
@@ -53,7 +53,7 @@ from shards.cliutil import one_line, positive_int
 from shards.sources.sim_hands import convert_sim_hands
 
 # Simulator streams, keyed by seed + the report's seed: SimGAN's built-in shards are seed 0 and
-# benchmarks/hand_gap.py's sets 100, 101 and 102, so none of these overlaps them or each other.
+# experiments/hand_gap.py's sets 100, 101 and 102, so none of these overlaps them or each other.
 SYNTHETIC_SEED, REAL_TRAIN_SEED, TEST_SEED = 3000, 4000, 5000
 DOMAIN = "real"  # the built-in real domain; report.json keeps the gaze report's layout
 ROWS = ("synthetic", "refined", "real", "synthetic 3x", "refined 3x")
@@ -93,9 +93,9 @@ def add_parser(tasks: Any) -> None:
     h.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
                    help="make only these rows (processes can split a seed's rows; the table "
                    "is written once every row of every seed is there)")  # fmt: skip
-    # CPU sizes (benchmarks/hand_gap.py's); the paper's: width 256, depth 4 on 224 px crops.
+    # CPU sizes (experiments/hand_gap.py's); the paper's: width 256, depth 4 on 224 px crops.
     # 600 steps leave the estimator blind to appearance: even a perfect refiner's crops train
-    # it no better than synthetic ones (benchmarks/hand_gap_split.py, BENCHMARKS.md).
+    # it no better than synthetic ones (experiments/hand_gap_split.py, BENCHMARKS.md).
     h.add_argument("--estimator-steps", type=positive_int, default=2400, help="training steps")
     h.add_argument("--estimator-batch", type=positive_int, default=16, help="batch size")
     h.add_argument("--estimator-width", type=positive_int, default=32,

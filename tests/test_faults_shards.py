@@ -1,4 +1,4 @@
-"""Faults on the shard side (issue 13, "nothing lost, nothing silently wrong"): damaged bytes
+"""Faults on the shard side: damaged bytes
 are caught when a block is read, ``convert`` deletes only what it wrote, and a manifest that
 contradicts itself is refused as a whole. Every set is written by the real writer into
 ``tmp_path`` and then damaged on disk."""

@@ -5,8 +5,8 @@ Trains the same small CNN gaze estimator once on synthetic and once on "real" im
 SimGAN benchmark, synthetic-trained must be clearly worse on real than real-trained: that gap
 is what a refiner has to close. Also measures simulator throughput.
 
-    python -m benchmarks.sim_gap          # from the repo root; defaults 20k / 20k / 5k
-    python -m benchmarks.sim_gap --train 5000 --epochs 2 --out /tmp/gap.json
+    python -m experiments.sim_gap          # from the repo root; defaults 20k / 20k / 5k
+    python -m experiments.sim_gap --train 5000 --epochs 2 --out /tmp/gap.json
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def main() -> None:
         help="images generated per domain to time the simulator",
     )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/sim_gap.json"))
+    ap.add_argument("--out", type=Path, default=Path("experiments/results/sim_gap.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -142,7 +142,7 @@ def main() -> None:
     )
 
     report = {
-        "command": "python -m benchmarks.sim_gap "
+        "command": "python -m experiments.sim_gap "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": {

@@ -1,6 +1,6 @@
 """How fast can a discriminator tell a trained refiner's output from real eyes?
 
-    python benchmarks/d_capacity.py --run RUN_DIR [--steps 150] [--lrs 1e-4 1e-3]
+    python experiments/d_capacity.py --run RUN_DIR [--steps 150] [--lrs 1e-4 1e-3]
 
 Freezes the run's newest refiner, then trains D (the checkpoint's D, and fresh ones at each
 learning rate) on refined built-in synthetic eyes vs built-in real eyes, batch 32, Adam, and

@@ -2,14 +2,14 @@
 
 Train the stacked hourglass (``distsim.evaluate_hands``) at a CPU size once on synthetic and
 once on real built-in crops, test both on held-out real crops, and write the numbers to
-benchmarks/results/hand_gap.json. The claim to see: training on synthetic does clearly worse
-on real than training on real (issue 12, item 1).
+experiments/results/hand_gap.json. The claim to see: training on synthetic does clearly worse
+on real than training on real.
 
-    nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/hand_gap.py --work /tmp/hand_gap \
+    nice -n 19 env OMP_NUM_THREADS=1 python experiments/hand_gap.py --work /tmp/hand_gap \
         [--size 64 --count 2000 --test-count 500 --steps 600 --batch-size 16 --width 32 \
          --depth 2 --stem-stride 4]
 
-The recorded run is in BENCHMARKS.md (issue 12); its settings are the defaults below.
+The recorded run is in docs/notebook.md; its settings are the defaults below.
 
 Shard sets are made with ``shards convert sim-hands`` under --work (reused when present with
 the same count): synthetic seed 100, real seed 101 (training), real seed 102 (test).
@@ -74,7 +74,7 @@ def add_estimator_args(p: argparse.ArgumentParser, out: str) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_estimator_args(p, "benchmarks/results/hand_gap.json")
+    add_estimator_args(p, "experiments/results/hand_gap.json")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

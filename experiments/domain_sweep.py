@@ -1,6 +1,6 @@
 """Choose SimGAN settings on every built-in real domain at once, on validation data only.
 
-    python -m benchmarks.domain_sweep --work DIR --variants '{"name": {"lr_d": 0.001}}' \
+    python -m experiments.domain_sweep --work DIR --variants '{"name": {"lr_d": 0.001}}' \
         [--domains real real-lit real-ir] [--seed 0]
 
 For each named set of config overrides (on the `cpu` preset) and each real domain: train

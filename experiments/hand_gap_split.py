@@ -12,13 +12,13 @@ several estimator seeds, and tests every one on held-out real crops:
 - real poses, synthetic look: the gap that is left once the pose distribution matches;
 - real poses, real look: the "real" row.
 
-    nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/hand_gap_split.py --work /tmp/hand_gap \
+    nice -n 19 env OMP_NUM_THREADS=1 python experiments/hand_gap_split.py --work /tmp/hand_gap \
         [--size 64 --count 2000 --test-count 500 --steps 600 --batch-size 16 --width 32 \
          --depth 2 --stem-stride 4 --seeds 0 1 2]
 
 Shard sets under --work (reused when present): pose seed 100 (synthetic) and 101 (real) as
-``benchmarks/hand_gap.py`` uses, in both looks, and the real test set, seed 102. Writes
-benchmarks/results/hand_gap_split.json; the recorded run is in BENCHMARKS.md (issue 12).
+``experiments/hand_gap.py`` uses, in both looks, and the real test set, seed 102. Writes
+experiments/results/hand_gap_split.json; the recorded runs are in docs/notebook.md.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the package from a checkout
 
-from benchmarks.hand_gap import add_estimator_args, ensure  # noqa: E402
+from experiments.hand_gap import add_estimator_args, ensure  # noqa: E402
 from distsim.evaluate_hands import train_and_test_hands  # noqa: E402
 
 SETS = (  # name, pose domain, look, simulator seed
@@ -50,7 +50,7 @@ TEST = ("real", "real", 102)
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_estimator_args(p, "benchmarks/results/hand_gap_split.json")
+    add_estimator_args(p, "experiments/results/hand_gap_split.json")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="estimator seeds")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

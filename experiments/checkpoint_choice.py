@@ -1,10 +1,10 @@
 """Does the label-free choice of checkpoint agree with the one real labels would make?
 
-    python -m benchmarks.checkpoint_choice --work DIR --runs RUN [RUN ...] \
-        --out benchmarks/results/checkpoint_choice.json
+    python -m experiments.checkpoint_choice --work DIR --runs RUN [RUN ...] \
+        --out experiments/results/checkpoint_choice.json
 
 For each run (trained with its checkpoints kept and realism-scored, as
-``benchmarks/domain_sweep.py`` trains them): refine the sweep's synthetic validation eyes
+``experiments/domain_sweep.py`` trains them): refine the sweep's synthetic validation eyes
 with every scored checkpoint, train the half-width paper estimator on each refined set and
 test it on the run's real domain's validation eyes (never a test split). Then compare the
 checkpoint ``refine --checkpoint best`` picks (``distsim.realism.select_checkpoint``: no

@@ -1,6 +1,6 @@
 """Did refinement move synthetic eyes toward the real domain, and did the pupil stay put?
 
-    python -m benchmarks.refine_check --run RUN_DIR [--count 2000] [--out FILE.json]
+    python -m experiments.refine_check --run RUN_DIR [--count 2000] [--out FILE.json]
 
 Refines `count` fresh synthetic images (a seed the training shards never used) with the run's
 newest checkpoint and reports:

@@ -5,7 +5,7 @@ A useful benchmark domain has a clear gap: trained on synthetic must be clearly 
 eyes than trained on real eyes. One synthetic estimator is tested on every domain (one
 training); each real-trained estimator is tested on its own domain.
 
-    python -m benchmarks.domain_gap --work /tmp/gap --out benchmarks/results/domain_gap.json
+    python -m experiments.domain_gap --work /tmp/gap --out experiments/results/domain_gap.json
 
 Streams (simulator seeds) are the report's: synthetic training eyes 1000, real test eyes 2000
 (both seed 0 of ``distsim.report``); real training eyes use 4000, which nothing else reads.

@@ -1,6 +1,6 @@
-"""What a hand refiner does to the far plane and to the hand (issue 12, the hands-cpu check).
+"""What a hand refiner does to the far plane and to the hand.
 
-    nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/hand_far_plane.py \
+    nice -n 10 env OMP_NUM_THREADS=1 python experiments/hand_far_plane.py \
         --synthetic ~/.cache/distsim/sim-hands-v1-synthetic-64px-n4096-s0 \
         --real ~/.cache/distsim/sim-hands-v1-real-64px-n4096-s0 RUN/checkpoints/step-00000250 ...
 

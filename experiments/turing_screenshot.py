@@ -1,6 +1,6 @@
 """A screenshot of the visual Turing test page (distsim.turing) with a test image shown.
 
-    python -m benchmarks.turing_screenshot [--out docs/images/turing_page.png] [--run RUN_DIR]
+    python -m experiments.turing_screenshot [--out docs/images/turing_page.png] [--run RUN_DIR]
 
 Renders `--count` built-in eyes of the "real" and of the synthetic domain (35x55, fresh seeds)
 into shard sets, serves the test on 127.0.0.1, answers a few trials in headless Chromium and
@@ -41,7 +41,7 @@ def screenshot(
     work: Path, out: Path, run: Path | None, count: int, answers: int, size: tuple[int, int]
 ) -> Path:
     real, synthetic = work / "real", work / "synthetic"
-    # Seeds the training shards (0) never used, as in benchmarks/refine_check.py.
+    # Seeds the training shards (0) never used, as in experiments/refine_check.py.
     convert_sim_eyes(real, "real", count, 11, progress=False)
     convert_sim_eyes(synthetic, "synthetic", count, 12, progress=False)
     refined = None

@@ -1,6 +1,6 @@
 """Screen SimGAN settings by what matters: the gaze error of an estimator trained on the result.
 
-    python benchmarks/gaze_sweep.py --work DIR '{"name": {"lr_d": 0.001}, "synthetic": {}}'
+    python experiments/gaze_sweep.py --work DIR '{"name": {"lr_d": 0.001}, "synthetic": {}}'
 
 For each named set of config overrides (the `cpu` preset, seed 0, built-in shards): train
 SimGAN, refine 20,000 labelled synthetic eyes (seed 1000) with it, and train a half-width
