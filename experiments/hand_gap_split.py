@@ -36,8 +36,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the package from a checkout
 
-from experiments.hand_gap import add_estimator_args, ensure  # noqa: E402
 from distsim.evaluate_hands import train_and_test_hands  # noqa: E402
+from experiments.hand_gap import add_estimator_args, ensure  # noqa: E402
 
 SETS = (  # name, pose domain, look, simulator seed
     ("synthetic poses, synthetic look", "synthetic", "synthetic", 100),
