@@ -22,9 +22,9 @@ import torch
 
 from distsim.checkpoint import build_models
 from distsim.config import make_config
-from distsim.history import HistoryBuffer
-from distsim.losses import PSI
-from distsim.step import SimGANStep
+from distsim.gan.history import HistoryBuffer
+from distsim.gan.losses import PSI
+from distsim.gan.step import SimGANStep
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ On a GPU the 35x55 eye step is launch-bound: its time is the number of kernels i
 not their FLOPs. This counts, on the CPU (the dispatcher sees the same operators on any
 device), every ATen operator one adversarial iteration (K_g = 2 R steps + K_d = 1 D step, the
 buffer full enough to mix) calls, in fp32 and under bf16 autocast, for the plain loop of
-``step_throughput.py`` and for ``distsim.step.SimGANStep`` eager, and of them: dtype casts
+``step_throughput.py`` and for ``distsim.gan.step.SimGANStep`` eager, and of them: dtype casts
 (``_to_copy``), reflection pads, operators that are not mere views (on a GPU each of those
 launches a kernel), and host syncs (``_local_scalar_dense``: ``.item()``, a
 Python ``if`` on a tensor). A compiled step fuses most of what remains into a few kernels;
@@ -32,9 +32,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from benchmarks.step_throughput import CONFIGS, K_D, K_G, PlainLoop
 from distsim.checkpoint import build_models
 from distsim.config import make_config
-from distsim.history import HistoryBuffer
-from distsim.losses import PSI
-from distsim.step import SimGANStep
+from distsim.gan.history import HistoryBuffer
+from distsim.gan.losses import PSI
+from distsim.gan.step import SimGANStep
 
 # Operators that only make a new view of existing memory: no kernel runs on a GPU.
 VIEWS = {"detach", "view", "_unsafe_view", "expand", "unsqueeze", "squeeze", "slice", "select",

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from distsim.checkpoint import build_models  # noqa: E402
 from distsim.config import make_config  # noqa: E402
-from distsim.losses import local_adversarial_loss, self_regularization_loss  # noqa: E402
-from distsim.models import REAL, REFINED  # noqa: E402
+from distsim.gan.discriminator import REAL, REFINED  # noqa: E402
+from distsim.gan.losses import local_adversarial_loss, self_regularization_loss  # noqa: E402
 
 # Hardware assumptions for the model (an 8x H100 SXM node per 8 GPUs).
 HW = {

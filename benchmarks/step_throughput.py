@@ -12,7 +12,7 @@ history buffer) on the same models:
   which half is used, the history buffer a NumPy array on the host (random slots from NumPy,
   images copied to the host and back), ``.item()`` on every loss, contiguous (NCHW) tensors,
   no fusion. Its bf16 rows autocast the forward passes and nothing else.
-- ``eager``: ``distsim.step.SimGANStep`` as the trainer runs it, no compilation.
+- ``eager``: ``distsim.gan.step.SimGANStep`` as the trainer runs it, no compilation.
 - ``compiled``: the same with ``compile=True`` (torch.compile of both updates'
   forward-and-loss; ``--compile-mode`` picks the mode, e.g. reduce-overhead for CUDA graphs).
 
@@ -50,9 +50,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from distsim.checkpoint import build_models
 from distsim.config import make_config
-from distsim.history import HistoryBuffer
-from distsim.losses import PSI
-from distsim.step import SimGANStep
+from distsim.gan.history import HistoryBuffer
+from distsim.gan.losses import PSI
+from distsim.gan.step import SimGANStep
 
 CONFIGS = {
     "eyes": ("eyes", (1, 35, 55)),

@@ -30,7 +30,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distsim.config import Config, load_config
-from distsim.models import Discriminator, Refiner, make_output
+from distsim.gan.discriminator import Discriminator
+from distsim.gan.refiner import Refiner, make_output
 
 PREFIX = "step-"
 

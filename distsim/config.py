@@ -58,20 +58,20 @@ class Config:
     refiner_kernel: int = 3
     # Channels of per-pixel Gaussian noise fed to R beside the image (0: none, the paper). A
     # refiner is otherwise a deterministic function of its input and cannot make per-image
-    # random sensor noise; see models.Refiner. Ours: 1 (BENCHMARKS.md, issue 10: with the
+    # random sensor noise; see refiner.Refiner. Ours: 1 (BENCHMARKS.md, issue 10: with the
     # rest of the defaults it beat synthetic eyes on three differently made real domains).
     refiner_noise: int = 1
-    # R's output head (models.OUTPUTS): tanh (the paper) or local_range (ours, for depth: the
+    # R's output head (refiner.OUTPUTS): tanh (the paper) or local_range (ours, for depth: the
     # input plus a correction, each pixel kept within the range of the input around it, so R
     # can make a sensor's artifacts but cannot draw a surface nearer than any around it or
-    # erase a hand; see models.LocalRange).
+    # erase a hand; see refiner.LocalRange).
     refiner_output: str = "tanh"
     refiner_window: int = 3  # local_range: the window, in pixels (odd)
     # local_range: how far beyond that range (in [-1, 1] units; 0.05 is 7.5 mm of the 300 mm
     # cube) R may move a pixel: room for the sensor's noise, and no more.
     refiner_slack: float = 0.05
     # local_range: R also learns a per-pixel rate at which a pixel shows the farthest depth
-    # around it, drawn from its noise input (models.LocalRangeDropout).
+    # around it, drawn from its noise input (refiner.LocalRangeDropout).
     refiner_dropout: bool = False
     disc_arch: str = "eyes"  # "eyes" or "hands": the paper's two discriminators
     disc_widths: tuple[int, ...] = (96, 64, 32, 32)

@@ -20,7 +20,7 @@ Rounding is half to even (``torch.round``, as ``np.round``).
 Deterministic: R in eval mode, float32 (no autocast), and every forward pass has the same batch
 shape, so equal inputs give byte-identical shards whatever the world size. A refiner with
 noise inputs (``--refiner-noise``) gets, for image i, noise seeded by (``--noise-seed``, i)
-(``distsim.noise``), so that stays true.
+(``distsim.gan.noise``), so that stays true.
 
 Weights: a checkpoint with a weight average of the refiner (``--ema-halflife``) is refined with
 the average unless ``--weights raw`` says otherwise; the manifest records which.
@@ -61,7 +61,7 @@ from distsim.checkpoint import (
 )
 from distsim.config import load_config
 from distsim.depth import unit_to_codes
-from distsim.noise import indexed_noise
+from distsim.gan.noise import indexed_noise
 from distsim.train import to_unit_range
 from shards.cliutil import non_negative_int, one_line, positive_int
 from shards.format import IMAGE_KEY, MANIFEST_NAME, Manifest, file_sha256

@@ -52,7 +52,10 @@ from distsim.checkpoint import (
 from distsim.checkpoint import image_shape as checkpoint_image_shape
 from distsim.config import Config, load_config, resolve_given
 from distsim.depth import depth_to_unit
-from distsim.ema import EMA
+from distsim.gan.ema import EMA
+from distsim.gan.history import CODE_LEVELS, HistoryBuffer, codes_fit, deal, merged_images
+from distsim.gan.losses import PSI
+from distsim.gan.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 from distsim.guards import (
     CommCounter,
     StopRequest,
@@ -60,11 +63,8 @@ from distsim.guards import (
     named_state,
     tensor_checksums,
 )
-from distsim.history import CODE_LEVELS, HistoryBuffer, codes_fit, deal, merged_images
 from distsim.images import depth_grid, grid, plot_curves, save_png, titled
-from distsim.losses import PSI
 from distsim.realism import RealismProbe
-from distsim.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 from shards.cliutil import one_line
 from shards.progress import Progress
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from
 
 from distsim.data import first_images  # noqa: E402
 from distsim.depth import depth_to_unit  # noqa: E402
-from distsim.noise import indexed_noise  # noqa: E402
+from distsim.gan.noise import indexed_noise  # noqa: E402
 from distsim.realism import two_sample_test  # noqa: E402
 from distsim.refine import load_refiner  # noqa: E402
 from shards.sim.hands import render  # noqa: E402

@@ -17,10 +17,11 @@ from safetensors.torch import load_file
 
 from distsim.checkpoint import latest_checkpoint, load_state
 from distsim.config import make_config
-from distsim.history import state_images
-from distsim.losses import psi_standardized
-from distsim.models import Discriminator, Refiner
-from distsim.step import SimGANStep
+from distsim.gan.discriminator import Discriminator
+from distsim.gan.history import state_images
+from distsim.gan.losses import psi_standardized
+from distsim.gan.refiner import Refiner
+from distsim.gan.step import SimGANStep
 from distsim.train import training_loop
 from tests.test_train import _scalars
 

@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from distsim.checkpoint import latest_checkpoint, list_checkpoints, load_state
-from distsim.models import Discriminator, Refiner
+from distsim.gan.discriminator import Discriminator
+from distsim.gan.refiner import Refiner
 from distsim.train import EXIT_PREEMPTED
 from tests.test_train import _scalars as scalars
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from distsim.history import (
+from distsim.gan.history import (
     CODE_LEVELS,
     HistoryBuffer,
     codes_fit,

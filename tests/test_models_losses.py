@@ -5,18 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distsim.losses import (
+from distsim.gan.discriminator import REAL, REFINED, Discriminator
+from distsim.gan.losses import (
     local_adversarial_loss,
     patch_accuracy,
     psi_channel_mean,
     psi_identity,
     self_regularization_loss,
 )
-from distsim.models import (
+from distsim.gan.refiner import (
     DROP_LOGIT_START,
-    REAL,
-    REFINED,
-    Discriminator,
     LocalRange,
     LocalRangeDropout,
     Refiner,
@@ -142,7 +140,7 @@ def test_psi_channel_mean_ignores_colour_shifts_that_keep_the_mean():
 
 
 def test_global_logits_pool_the_patch_map_into_one_decision():
-    from distsim.losses import global_logits
+    from distsim.gan.losses import global_logits
 
     logits = torch.zeros(2, 2, 3, 4)
     logits[0, REFINED, 0, 0] = 12.0  # one confident patch among 12 indifferent ones
@@ -158,7 +156,7 @@ def test_global_logits_pool_the_patch_map_into_one_decision():
 
 
 def test_standardized_psi_prices_shape_not_tone():
-    from distsim.losses import psi_standardized
+    from distsim.gan.losses import psi_standardized
 
     x = torch.rand(4, 1, 35, 55, generator=torch.Generator().manual_seed(1)) * 2 - 1
     # A darker, flatter copy (any positive affine tone change) costs nothing...

@@ -1,4 +1,4 @@
-"""The SimGAN update (distsim.step): what each step touches, what it refines, pretraining to
+"""The SimGAN update (distsim.gan.step): what each step touches, what it refines, pretraining to
 identity, the refiner's weight average and its noise inputs."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import torch
 from distsim import data
 from distsim.checkpoint import has_ema, load_models, load_weights
 from distsim.config import make_config
-from distsim.ema import EMA
-from distsim.history import HistoryBuffer
-from distsim.losses import psi_identity, psi_standardized
-from distsim.models import Discriminator, LocalRangeDropout, Refiner
-from distsim.noise import indexed_noise
+from distsim.gan.discriminator import Discriminator
+from distsim.gan.ema import EMA
+from distsim.gan.history import HistoryBuffer
+from distsim.gan.losses import psi_identity, psi_standardized
+from distsim.gan.noise import indexed_noise
+from distsim.gan.refiner import LocalRangeDropout, Refiner
+from distsim.gan.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 from distsim.refine import main as refine_main
-from distsim.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 from distsim.train import to_unit_range, training_loop
 from tests.test_train import _scalars
 

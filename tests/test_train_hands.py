@@ -18,7 +18,7 @@ from distsim.checkpoint import (
 )
 from distsim.config import HAND_REAL_DOMAINS, PRESETS, make_config
 from distsim.depth import codes_to_unit, fill_invalid, fill_passes, unit_to_codes
-from distsim.models import Discriminator
+from distsim.gan.discriminator import Discriminator
 from distsim.train import to_unit_range, training_loop
 from shards.sim import hands
 

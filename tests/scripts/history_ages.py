@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from distsim.history import HistoryBuffer  # noqa: E402
+from distsim.gan.history import HistoryBuffer  # noqa: E402
 
 CAPACITY, HALF_BATCH, STEPS = 256, 8, 600
 

@@ -16,7 +16,7 @@ What keeps them fast and compilable:
   device, saved in checkpoints.
 - A D step refines only the images D uses: b/2 once the buffer supplies the other half.
 - Precision is plain ``torch.autocast`` inside the step, with no wrapper that casts outputs
-  back to float32; losses are computed in float32 (``distsim.losses``).
+  back to float32; losses are computed in float32 (``distsim.gan.losses``).
 - With ``compile=True`` the forward-and-loss part of each step is ``torch.compile``d with
   ``fullgraph=True``; backward runs the compiled backward and the optimiser step runs eager
   (fused on CUDA). If compiling fails, the step says why in one line and runs eager.
@@ -36,9 +36,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from distsim.ema import EMA
-from distsim.history import HistoryBuffer
-from distsim.losses import (
+from distsim.gan.discriminator import REAL, REFINED
+from distsim.gan.ema import EMA
+from distsim.gan.history import HistoryBuffer
+from distsim.gan.losses import (
     Psi,
     global_logits,
     local_adversarial_loss,
@@ -47,8 +48,7 @@ from distsim.losses import (
     saturated_fraction,
     self_regularization_loss,
 )
-from distsim.models import REAL, REFINED
-from distsim.noise import indexed_noise
+from distsim.gan.noise import indexed_noise
 
 # What each step returns, in order. r_change is mean |R(x) - x| in [-1, 1] units, whatever
 # psi is: how far refinement moves pixels (pretraining should end near 0).
@@ -226,7 +226,7 @@ class SimGANStep:
         self, syn: torch.Tensor, noise: torch.Tensor | None, adversarial: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with self._autocast():
-            # Pretraining leaves a refiner's drop-outs out (models.Refiner).
+            # Pretraining leaves a refiner's drop-outs out (refiner.Refiner).
             refined = self.refiner(syn) if noise is None else self.refiner(syn, noise, adversarial)
             # Pretraining teaches R the identity, whatever psi the adversarial phase uses: a
             # psi that makes tone free (standardized) would otherwise let pretraining end on

@@ -1,7 +1,7 @@
 """The noise a refiner with noise inputs (``--refiner-noise``) is given, where it must be
 reproducible: image i of a refined set always gets the same noise, whatever the batch, the
 rank or the world size, so `refine` stays deterministic. Training draws its noise from a
-generator instead (``distsim.step``): there only the distribution matters.
+generator instead (``distsim.gan.step``): there only the distribution matters.
 """
 
 from __future__ import annotations

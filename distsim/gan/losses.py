@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from distsim.models import REAL, REFINED
+from distsim.gan.discriminator import REAL, REFINED
 
 Psi = Callable[[torch.Tensor], torch.Tensor]
 
@@ -107,7 +107,7 @@ def self_regularization_loss(
     """Mean |psi(R(x)) - psi(x)| per image: (B, C, H, W) x2 -> (B,).
 
     `free` (B, C, H, W), with the identity psi only: a refined pixel exactly equal to it costs
-    nothing (a depth refiner's drop-out to the farthest depth around, ``models.Refiner``)."""
+    nothing (a depth refiner's drop-out to the farthest depth around, ``refiner.Refiner``)."""
     diff = (psi(refined).float() - psi(synthetic).float()).abs()
     if free is not None:
         diff = torch.where(refined == free, 0.0, diff)
