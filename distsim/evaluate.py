@@ -50,10 +50,10 @@ import torch
 from torch import nn
 
 from distsim import data
+from distsim.data.pixels import to_unit_range
 from distsim.estimators import EYE_SHAPE, GazeEstimator, gaze_loss
 from distsim.fit import Plain, Prepare, fit
 from distsim.metrics import MeanAngularError, WithinAngle
-from distsim.train import to_unit_range
 from shards.cliutil import non_negative_int, one_line, positive_int
 from shards.format import Manifest
 

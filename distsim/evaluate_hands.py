@@ -14,7 +14,8 @@ overlays several runs).
 
 Choices the paper leaves open, and ours:
 - Joints: the 14 evaluated NYU joints (``shards.depth.EVAL_JOINTS``), (u, v) in crop pixels.
-- Input: ``distsim.handaug.depth_to_unit`` (invalid pixels read as the far plane), warped to
+- Input: ``distsim.data.depth.depth_to_unit(holes="far")`` (invalid pixels read as the far
+  plane), warped to
   the network's side N: N = 256 for 224 crops, so that Newell's stride-4 stem gives the
   paper's 64 x 64 heatmaps, and N = S otherwise (``default_input_size``); ``--input-size``
   and ``--stem-stride`` choose others (e.g. stride 2 for 64 px CPU crops: 32 x 32 heatmaps).
@@ -44,6 +45,7 @@ import torch
 from torch import nn
 
 from distsim import data
+from distsim.data.depth import depth_to_unit
 from distsim.evaluate import (
     _log,
     add_deepspeed_arg,
@@ -53,7 +55,6 @@ from distsim.evaluate import (
 )
 from distsim.fit import Plain, Prepare, fit
 from distsim.handaug import (
-    depth_to_unit,
     invert,
     random_affine,
     resize_affine,
@@ -207,7 +208,9 @@ def train_and_test_hands_many(
 
         def pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for batch in loader:
-                x = depth_to_unit(batch["image"].to(device, non_blocking=True))  # (B, 1, S, S)
+                x = depth_to_unit(
+                    batch["image"].to(device, non_blocking=True), "far"
+                )  # (B, 1, S, S)
                 joints = _joints(batch, device)  # (B, 14, 2)
                 matrix = random_affine(
                     x.shape[0], crop, size, gen, max_degrees=max_degrees,
@@ -236,7 +239,7 @@ def train_and_test_hands_many(
         )  # fmt: skip
         with loader, torch.no_grad():
             for batch in loader:
-                x = depth_to_unit(batch["image"].to(device, non_blocking=True))
+                x = depth_to_unit(batch["image"].to(device, non_blocking=True), "far")
                 to_net = resize_affine(x.shape[0], crop, size, device)  # (B, 2, 3)
                 heatmaps = model(warp(x, to_net, size) if size != crop else x)[:, -1]
                 pred = decode_heatmaps(heatmaps, stem_stride, decode)  # (B, 14, 2) net pixels

@@ -1,16 +1,7 @@
-"""Depth crops in, network inputs out: normalisation and the estimator's augmentation.
+"""The pose estimator's augmentation: random similarities of depth crops and their joints.
 
 Everything here runs on batches on the device (no host syncs), with its random draws from a
 ``torch.Generator`` the caller owns.
-
-Normalisation (``depth_to_unit``): ``shards.depth`` codes 1..65535 map linearly onto
-[-1, 1] (1 -> -1 at the cube's near plane, 65535 -> +1 at its far plane), and **invalid (0)
-maps to +1, the far plane**. Invalid pixels of a real sensor are where nothing was measured:
-projector shadows beside the hand, dropped edge pixels, holes; most of them lie next to or
-behind the hand. Reading them as far plane makes them look like the background of a crop
-(clipped to 65535, the far plane, as a render's empty space is), so a synthetic-trained
-estimator meets no value it never saw, and a hole never becomes a phantom surface in front of
-the hand, as mapping 0 to the near plane (-1) would.
 
 Augmentation (``random_affine`` + ``warp``): a random similarity per crop, rotation
 U(-``max_degrees``, ``max_degrees``) about the crop centre (the paper: +-20 degrees), scale
@@ -35,22 +26,12 @@ import torch
 from torch.nn import functional as F
 
 __all__ = [
-    "depth_to_unit",
     "invert",
     "random_affine",
     "resize_affine",
     "transform_points",
     "warp",
 ]
-
-_CODES = 65534.0  # valid codes 1..65535, as in shards.depth
-
-
-def depth_to_unit(codes: torch.Tensor) -> torch.Tensor:
-    """uint16 (or integer) depth codes -> float32 in [-1, 1]; invalid (0) -> +1 (far plane)."""
-    c = codes.float()
-    unit = (c - 1.0) * (2.0 / _CODES) - 1.0
-    return torch.where(c == 0, torch.ones_like(unit), unit)
 
 
 def resize_affine(

@@ -1,8 +1,9 @@
 """The paper's hand-pose estimator: a stacked hourglass network (Newell et al. 2016).
 
 Architecture and heatmap coding only: no ranks, devices, data or optimisers here. Input:
-(B, 1, N, N) depth in [-1, 1] (``distsim.handaug.depth_to_unit``); output: (B, stacks, J, H, H)
-heatmaps, one set per stack, every one supervised (intermediate supervision).
+(B, 1, N, N) depth in [-1, 1] (``distsim.data.depth.depth_to_unit``, holes "far"); output:
+(B, stacks, J, H, H) heatmaps, one set per stack, every one supervised (intermediate
+supervision).
 
     stem (stride 4): conv7x7 s2 (w/4) -> BN, ReLU -> residual (w/2) -> maxpool2x2 ->
                      residual (w/2) -> residual (w)              # N -> N/4 = heatmap size

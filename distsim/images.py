@@ -48,7 +48,7 @@ def depth_grid(
     first column's depths short of the far plane (the hand's relief), so the columns of a row
     compare directly; pixels where ``valid[j]`` is False are magenta. Returns uint8
     (rows, cols, 3)."""
-    from distsim.depth import FAR, depth_rgb
+    from distsim.data.depth import FAR, depth_rgb
 
     n, _, h, w = columns[0].shape
     scale = depth_scale(h, w)

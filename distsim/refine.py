@@ -13,7 +13,7 @@ directory; ``--checkpoint`` picks another.
 Pixels: the trainer feeds R ``to_unit_range(x)`` (uint8 x -> x / 127.5 - 1) and R ends in tanh,
 so its output is in [-1, 1]; ``from_unit_range`` maps it back with round((y + 1) * 127.5)
 clipped to [0, 255] (uint16 depth codes: round((y + 1) * 32767 + 1) in 1..65535, the inverse of
-``distsim.depth``'s map, and never 0: a refined crop has no holes; float32 images are stored as
+``distsim.data.depth``'s map, and never 0: a refined crop has no holes; float32 images are stored as
 R gives them).
 Rounding is half to even (``torch.round``, as ``np.round``).
 
@@ -60,9 +60,8 @@ from distsim.checkpoint import (
     verify_checkpoint,
 )
 from distsim.config import load_config
-from distsim.depth import unit_to_codes
+from distsim.data.pixels import from_unit_range, to_unit_range
 from distsim.gan.noise import indexed_noise
-from distsim.train import to_unit_range
 from shards.cliutil import non_negative_int, one_line, positive_int
 from shards.format import IMAGE_KEY, MANIFEST_NAME, Manifest, file_sha256
 from shards.progress import Progress
@@ -78,21 +77,6 @@ Gather = Callable[[Any], list[Any]]
 
 class RefineError(ValueError):
     """A user-facing problem; the message is one line."""
-
-
-def from_unit_range(images: torch.Tensor, dtype: str) -> torch.Tensor:
-    """Inverse of ``distsim.train.to_unit_range``: [-1, 1] floats -> the shard set's dtype.
-
-    uint16 comes back as int32 (torch's uint16 support is partial); the caller casts the
-    numpy array.
-    """
-    if dtype == "uint8":
-        return images.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-    if dtype == "uint16":
-        return unit_to_codes(images)  # depth codes 1..65535: a refined crop has no holes
-    if dtype == "float32":
-        return images.float()
-    raise RefineError(f"cannot write {dtype} images")
 
 
 # --- checkpoints --------------------------------------------------------------------------------

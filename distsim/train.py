@@ -51,9 +51,9 @@ from distsim.checkpoint import (
 )
 from distsim.checkpoint import image_shape as checkpoint_image_shape
 from distsim.config import Config, load_config, resolve_given
-from distsim.depth import depth_to_unit
+from distsim.data.pixels import CODE_LEVELS, to_unit_range
 from distsim.gan.ema import EMA
-from distsim.gan.history import CODE_LEVELS, HistoryBuffer, codes_fit, deal, merged_images
+from distsim.gan.history import HistoryBuffer, codes_fit, deal, merged_images
 from distsim.gan.losses import PSI
 from distsim.gan.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 from distsim.guards import (
@@ -67,20 +67,6 @@ from distsim.images import depth_grid, grid, plot_curves, save_png, titled
 from distsim.realism import RealismProbe
 from shards.cliutil import one_line
 from shards.progress import Progress
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """Integer images from the loader -> float in [-1, 1], on whatever device they are.
-
-    uint8 (eyes): 0 -> -1, 255 -> 1. uint16 (and int32) are depth crops (``shards.depth``):
-    code 1 (near plane) -> -1, 65535 (far plane) -> 1, and invalid pixels (code 0) filled from
-    their farthest valid neighbours so that D cannot tell real crops by them
-    (``distsim.depth``)."""
-    if images.dtype == torch.uint8:
-        return images.float().div_(127.5).sub_(1.0)
-    if images.dtype == torch.uint16 or images.dtype == torch.int32:
-        return depth_to_unit(images)
-    return images.float()
 
 
 @dataclass
@@ -514,7 +500,7 @@ class Run:
                     print(f"  changed: {note}", flush=True)
         # The same images in every grid, and whatever the resume point: the first of each set.
         # Depth grids show the real crops as measured, invalid pixels marked (D sees them
-        # filled, see distsim.depth).
+        # filled, see distsim.data.depth).
         firsts = [data.first_images(d, cfg.grid_rows, on_error=cfg.on_bad_shard)
                   for d in (self.syn_dir, self.real_dir)]  # fmt: skip
         self.grid_syn, self.grid_real = (to_unit_range(x).to(device) for x in firsts)

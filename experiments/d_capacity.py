@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distsim import data  # noqa: E402
 from distsim.checkpoint import load_models, resolve_checkpoint  # noqa: E402
+from distsim.data.pixels import to_unit_range  # noqa: E402
 from distsim.gan.discriminator import REAL, REFINED, Discriminator  # noqa: E402
 from distsim.gan.losses import local_adversarial_loss, patch_accuracy  # noqa: E402
-from distsim.train import to_unit_range  # noqa: E402
 
 
 def main() -> None:

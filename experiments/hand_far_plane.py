@@ -37,7 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout
 
 from distsim.data import first_images  # noqa: E402
-from distsim.depth import depth_to_unit  # noqa: E402
+from distsim.data.depth import depth_to_unit  # noqa: E402
 from distsim.gan.noise import indexed_noise  # noqa: E402
 from distsim.realism import two_sample_test  # noqa: E402
 from distsim.refine import load_refiner  # noqa: E402

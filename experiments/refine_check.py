@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from distsim.checkpoint import load_models, resolve_checkpoint
+from distsim.data.pixels import to_unit_range
 from distsim.pupil import locate_pupil
-from distsim.train import to_unit_range
 from shards.sim.eyes import generate
 
 

@@ -37,10 +37,13 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "CODE_STEPS",
     "CUBE_MM",
     "EVAL_JOINTS",
+    "FAR_CODE",
     "FOCAL",
     "INVALID",
+    "NEAR_CODE",
     "NUM_JOINTS",
     "decode_depth",
     "encode_depth",
@@ -54,7 +57,8 @@ CUBE_MM = 300.0
 INVALID = 0
 # NYU's Kinect intrinsics (fx, fy, cx, cy) for 640x480 frames; the simulator uses them too.
 FOCAL = (588.03, 587.07, 320.0, 240.0)
-_CODES = 65534  # valid codes are 1..65535
+NEAR_CODE, FAR_CODE = 1, 65535  # the cube's near and far planes; INVALID (0) is neither
+CODE_STEPS = FAR_CODE - NEAR_CODE  # 65534 steps between them
 
 
 def encode_depth(depth_mm: np.ndarray, center_z: float, cube_mm: float = CUBE_MM) -> np.ndarray:
@@ -62,8 +66,8 @@ def encode_depth(depth_mm: np.ndarray, center_z: float, cube_mm: float = CUBE_MM
     near = center_z - cube_mm / 2
     d = np.asarray(depth_mm, dtype=np.float64)
     valid = np.isfinite(d) & (d > 0)
-    codes = np.rint(1 + (np.where(valid, d, near) - near) / cube_mm * _CODES)
-    codes = np.clip(codes, 1, 65535)
+    codes = np.rint(NEAR_CODE + (np.where(valid, d, near) - near) / cube_mm * CODE_STEPS)
+    codes = np.clip(codes, NEAR_CODE, FAR_CODE)
     return np.where(valid, codes, INVALID).astype(np.uint16)
 
 
@@ -71,7 +75,7 @@ def decode_depth(codes: np.ndarray, center_z: float, cube_mm: float = CUBE_MM) -
     """uint16 crop codes -> millimetres (float32), NaN where invalid."""
     near = center_z - cube_mm / 2
     c = np.asarray(codes).astype(np.float64)
-    mm = near + (c - 1) / _CODES * cube_mm
+    mm = near + (c - NEAR_CODE) / CODE_STEPS * cube_mm
     return np.where(c == INVALID, np.nan, mm).astype(np.float32)
 
 

@@ -1,15 +1,8 @@
 import pytest
 import torch
 
-from distsim.gan.history import (
-    CODE_LEVELS,
-    HistoryBuffer,
-    codes_fit,
-    dequantize,
-    quantize,
-    state_images,
-)
-from distsim.train import to_unit_range
+from distsim.data.pixels import CODE_LEVELS, to_unit_range
+from distsim.gan.history import HistoryBuffer, codes_fit, dequantize, quantize, state_images
 
 
 def _imgs(start: int, n: int) -> torch.Tensor:

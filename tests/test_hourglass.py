@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from distsim.data.depth import depth_to_unit
 from distsim.handaug import (
-    depth_to_unit,
     invert,
     random_affine,
     resize_affine,
@@ -94,7 +94,7 @@ def test_heatmap_peak_at_integer_point() -> None:
 def test_depth_to_unit() -> None:
     codes = torch.tensor([0, 1, 32768, 65535], dtype=torch.int32)
     torch.testing.assert_close(
-        depth_to_unit(codes), torch.tensor([1.0, -1.0, 0.0, 1.0])
+        depth_to_unit(codes, "far"), torch.tensor([1.0, -1.0, 0.0, 1.0])
     )  # invalid reads as the far plane, +1
 
 

@@ -17,8 +17,9 @@ import torch
 
 from distsim.checkpoint import latest_checkpoint, load_models, resolve_checkpoint
 from distsim.config import make_config
-from distsim.refine import PARTS_DIR, from_unit_range, main, refine_shards
-from distsim.train import to_unit_range, training_loop
+from distsim.data.pixels import from_unit_range, to_unit_range
+from distsim.refine import PARTS_DIR, main, refine_shards
+from distsim.train import training_loop
 from shards.cli import main as shards_main
 from shards.format import MANIFEST_NAME, file_sha256, read_manifest
 from shards.writer import ShardSetWriter

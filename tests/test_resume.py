@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from distsim import checkpoint as ckpt_mod
 from distsim.checkpoint import latest_checkpoint, list_checkpoints, load_state
 from distsim.config import make_config
-from distsim.gan.history import CODE_LEVELS, HistoryBuffer, state_images
+from distsim.data.pixels import CODE_LEVELS
+from distsim.gan.history import HistoryBuffer, state_images
 from distsim.train import main, training_loop
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,6 +12,7 @@ import torch
 from distsim import data
 from distsim.checkpoint import has_ema, load_models, load_weights
 from distsim.config import make_config
+from distsim.data.pixels import to_unit_range
 from distsim.gan.discriminator import Discriminator
 from distsim.gan.ema import EMA
 from distsim.gan.history import HistoryBuffer
@@ -20,7 +21,7 @@ from distsim.gan.noise import indexed_noise
 from distsim.gan.refiner import LocalRangeDropout, Refiner
 from distsim.gan.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 from distsim.refine import main as refine_main
-from distsim.train import to_unit_range, training_loop
+from distsim.train import training_loop
 from tests.test_train import _scalars
 
 

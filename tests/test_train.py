@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from distsim import data
 from distsim.checkpoint import list_checkpoints, load_models, load_state
 from distsim.config import make_config
-from distsim.train import main, to_unit_range, training_loop
+from distsim.data.pixels import to_unit_range
+from distsim.train import main, training_loop
 
 REPO = Path(__file__).resolve().parent.parent
 

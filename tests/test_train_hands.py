@@ -17,9 +17,10 @@ from distsim.checkpoint import (
     read_json,
 )
 from distsim.config import HAND_REAL_DOMAINS, PRESETS, make_config
-from distsim.depth import codes_to_unit, fill_invalid, fill_passes, unit_to_codes
+from distsim.data.depth import codes_to_unit, fill_invalid, fill_passes, unit_to_codes
+from distsim.data.pixels import to_unit_range
 from distsim.gan.discriminator import Discriminator
-from distsim.train import to_unit_range, training_loop
+from distsim.train import training_loop
 from shards.sim import hands
 
 

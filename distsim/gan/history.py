@@ -22,18 +22,18 @@ image (how many D steps ago it was refined) has the same distribution: each samp
 over the last ~B refined images of the run, drawn from the sampling rank's share of them.
 What is lost is exact world-size invariance (which images share a batch differs).
 
-Quantised contents, so a checkpoint stores one byte per pixel. The images D is trained on
-came from 8-bit eyes (or 16-bit depth crops), and R's tanh outputs are stored in [-1, 1]; at
-full precision a buffer of 6400 35x55 eyes made a 50 MB checkpoint for a 0.3 MB refiner. With
-``levels`` (``CODE_LEVELS`` of the data's dtype), every pushed image is rounded to the nearest
-of ``levels + 1`` evenly spaced values k / (levels / 2) - 1, k = 0..levels: for uint8 eyes
-exactly the 256 values their pixels map to (``distsim.train.to_unit_range``), which is also
-how ``distsim.refine`` rounds refined eyes when it writes them; for depth crops the 65535
-valid codes' values (``distsim.depth``). A checkpoint stores the k (uint8, or uint16).
-Rounding at insertion, not at saving, is what keeps resume exact: the buffer only ever holds
-values its codes give back bitwise, so saving and loading lose nothing and a resumed run goes
-on as if never stopped. Rounding only at saving would change the buffer at every resume, and
-with it the run.
+Quantised contents, so a checkpoint stores one byte per pixel. The images D is trained on came
+from 8-bit eyes (or 16-bit depth crops), and R's tanh outputs are stored in [-1, 1]; at full
+precision a buffer of 6400 35x55 eyes made a 50 MB checkpoint for a 0.3 MB refiner. With
+``levels`` (``distsim.data.pixels.CODE_LEVELS`` of the data's dtype), every pushed image is
+rounded to the nearest of ``levels + 1`` evenly spaced values k / (levels / 2) - 1, k =
+0..levels: for uint8 eyes exactly the 256 values their pixels map to
+(``distsim.data.pixels.to_unit_range``), which is also how ``distsim.refine`` rounds refined
+eyes when it writes them; for depth crops the 65535 valid codes' values
+(``distsim.data.depth``). A checkpoint stores the k (uint8, or uint16). Rounding at insertion,
+not at saving, is what keeps resume exact: the buffer only ever holds values its codes give back
+bitwise, so saving and loading lose nothing and a resumed run goes on as if never stopped.
+Rounding only at saving would change the buffer at every resume, and with it the run.
 
 What D sees changes by at most half a code (1/255 for 8-bit data): the real images it is shown
 have exactly that resolution, bf16 training stores its buffer about as coarsely (a step of
@@ -54,15 +54,10 @@ from functools import cache
 
 import torch
 
-# Image dtype of a shard set -> ``levels``: its pixels take levels + 1 evenly spaced values
-# in [-1, 1]. uint8: 0..255 (distsim.train.to_unit_range); uint16: depth codes 1..65535 (0 is
-# invalid and filled before anything sees it; distsim.depth.codes_to_unit).
-CODE_LEVELS = {"uint8": 255, "uint16": 65534}
-
 
 def quantize(images: torch.Tensor, levels: int) -> torch.Tensor:
     """[-1, 1] images -> their nearest codes 0..levels, as float32 (round half to even, as
-    ``distsim.refine.from_unit_range``)."""
+    ``distsim.data.pixels.from_unit_range``)."""
     return images.float().add(1.0).mul_(levels / 2).round_().clamp_(0, levels)
 
 

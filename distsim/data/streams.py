@@ -42,8 +42,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -51,142 +49,29 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
+from distsim.data.shardsets import (
+    SUPPORTED_IMAGE_DTYPES,
+    OnError,
+    ShardWarning,
+    check_on_error,
+    index_shard_set,
+)
 from shards.format import (
     IMAGE_KEY,
-    MANIFEST_NAME,
     BlockRef,
     Manifest,
     ShardError,
-    UnverifiedShardsWarning,
-    check_shard_file,
     decode_block,
-    file_sha256,
-    index_shard,
     read_block,
-    read_manifest,
 )
 
-# numpy dtype name -> torch dtype the loader yields.
-SUPPORTED_IMAGE_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
 _TORCH_DTYPES = {**SUPPORTED_IMAGE_DTYPES, "int64": torch.int64}  # images and labels
-
-OnError = Literal["raise", "skip"]
 Remainder = Literal["split", "pad", "drop"]
-_ON_ERROR = ("raise", "skip")
 _REMAINDER = ("split", "pad", "drop")
 
 Arrays = tuple[np.ndarray, dict[str, np.ndarray]]  # images (K, C, H, W), labels {name: (K, ...)}
-
-
-class ShardWarning(UserWarning):
-    """A shard or block was skipped under ``on_error="skip"``; the message names the file."""
-
-
-# Shard sets already noted as unverified in this process (resolved paths): once each.
-_NOTED_UNVERIFIED: set[str] = set()
-
-
-def _check_on_error(on_error: str) -> None:
-    if on_error not in _ON_ERROR:
-        raise ValueError(f"on_error must be one of {_ON_ERROR}, got {on_error!r}")
-
-
-def open_shards(directory: str | Path, *, on_error: OnError = "raise") -> Manifest:
-    """Read a shard set's manifest; ShardError (a ValueError) with one line on any problem.
-
-    With ``on_error="skip"`` only the manifest itself must be valid: shards that are missing or
-    whose size differs from the manifest are left for the streams to drop with a warning. A
-    manifest without block checksums (written before them) gives one ``UnverifiedShardsWarning``
-    per set and process.
-    """
-    _check_on_error(on_error)
-    if on_error == "raise":
-        manifest = read_manifest(directory)
-    else:
-        path = Path(directory) / MANIFEST_NAME
-        try:
-            text = path.read_text()
-        except (OSError, UnicodeDecodeError):
-            # read_manifest words every "cannot even start" case (no dir, no manifest) best.
-            read_manifest(directory)
-            raise  # unreachable unless the file appeared meanwhile
-        manifest = Manifest.from_json(text, where=str(path))
-    if manifest.image_dtype not in SUPPORTED_IMAGE_DTYPES:
-        raise ShardError(
-            f"{directory}: image dtype {manifest.image_dtype} is not supported by "
-            f"the loader ({', '.join(SUPPORTED_IMAGE_DTYPES)})"
-        )
-    key = str(Path(directory).resolve())
-    if not manifest.block_checksums and key not in _NOTED_UNVERIFIED:
-        _NOTED_UNVERIFIED.add(key)
-        warnings.warn(
-            f"{directory}: {MANIFEST_NAME} has no block checksums (written by an older shards): "
-            "its blocks are read unverified; write it again (convert, refine) to add them",
-            UnverifiedShardsWarning,
-            2,
-        )
-    return manifest
-
-
-def check_pair(
-    synthetic: Manifest, synthetic_dir: str | Path, real: Manifest, real_dir: str | Path
-) -> None:
-    """Refuse a synthetic/real pair whose images cannot go through the same refiner."""
-
-    def shape(m: Manifest) -> str:
-        return "x".join(map(str, m.image_shape))
-
-    if synthetic.image_shape != real.image_shape:
-        raise ValueError(
-            f"real shards {real_dir} have images {shape(real)} but synthetic shards "
-            f"{synthetic_dir} have {shape(synthetic)}; convert them to the same size"
-        )
-    if synthetic.image_dtype != real.image_dtype:
-        raise ValueError(
-            f"real shards {real_dir} have {real.image_dtype} images but synthetic "
-            f"shards {synthetic_dir} have {synthetic.image_dtype}; convert them to "
-            "the same dtype"
-        )
-
-
-def index_shard_set(
-    directory: str | Path,
-    manifest: Manifest,
-    *,
-    on_error: OnError = "raise",
-    verify: bool = False,
-) -> tuple[list[BlockRef], list[str]]:
-    """Index every shard: (blocks in set order, names of shards skipped).
-
-    Checks each shard exists, has the manifest's byte size (and sha256 with ``verify``: the only
-    way to catch a flipped pixel, at the cost of reading every byte once) and a tar layout that
-    matches the manifest. With ``on_error="skip"`` a failing shard is dropped with a
-    ``ShardWarning``; if none is left, ShardError either way.
-    """
-    _check_on_error(on_error)
-    root = Path(directory)
-    blocks: list[BlockRef] = []
-    skipped: list[str] = []
-    for i, info in enumerate(manifest.shards):
-        path = root / info.name
-        try:
-            check_shard_file(root, info)
-            if verify and file_sha256(path) != info.sha256:
-                raise ShardError(f"{path}: sha256 differs from {MANIFEST_NAME} (corrupt)")
-            refs = index_shard(path, i, manifest)
-        except (ShardError, OSError) as e:
-            message = str(e) if isinstance(e, ShardError) else f"{path}: cannot read: {e}"
-            if on_error == "raise":
-                raise ShardError(message) from None
-            warnings.warn(f"{message}; skipping its {info.count} images", ShardWarning, 2)
-            skipped.append(info.name)
-            continue
-        blocks.extend(refs)
-    if not blocks:
-        raise ShardError(f"{root}: no readable shard left ({len(skipped)} skipped)")
-    return blocks, skipped
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
@@ -220,7 +105,7 @@ class _ShardStream(IterableDataset):
             raise ValueError(f"need batch_size >= 1 and seed >= 0, got {batch_size}, {seed}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-        _check_on_error(on_error)
+        check_on_error(on_error)
         unknown = [name for name in labels if name not in manifest.labels]
         if unknown:
             raise ValueError(f"{directory}: no label(s) {unknown}; it has {list(manifest.labels)}")
@@ -675,231 +560,3 @@ class EpochStream(_ShardStream):
             if self.with_index:
                 batch["index"] = torch.from_numpy(self._set_first[bb] + oo)  # (B,)
             yield self._finish(batch)
-
-
-class ShardLoader(DataLoader):
-    """A DataLoader that re-raises a worker's ShardError as its own one-line message.
-
-    (DataLoader wraps worker exceptions in a message holding the worker's traceback.) After
-    such an error the workers are stopped at once. ``close()`` (or ``with loader:``) stops
-    persistent workers when you are done: left to the garbage collector inside a reference
-    cycle (an exception's traceback, for one), each worker costs a 5 s join timeout.
-    """
-
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        return self._one_line_errors(super().__iter__())
-
-    def _one_line_errors(self, batches: Iterator[Any]) -> Iterator[Any]:
-        try:
-            yield from batches
-        except ShardError as e:
-            self._stop(batches)
-            text = str(e)
-            if not text.startswith("Caught ShardError"):
-                raise
-            last = text.rstrip().rsplit("\n", 1)[-1]  # "shards.format.ShardError: <message>"
-            raise ShardError(last.split("ShardError: ", 1)[-1]) from None
-
-    def _stop(self, batches: Iterator[Any] | None) -> None:
-        # DataLoader has no public way to stop its workers early.
-        shutdown = getattr(batches, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-        if batches is getattr(self, "_iterator", None):
-            self._iterator = None  # a persistent iterator cannot be reused after shutdown
-
-    def close(self) -> None:
-        """Stop persistent workers now; iterating again starts new ones."""
-        self._stop(getattr(self, "_iterator", None))
-
-    def __enter__(self) -> ShardLoader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def set_epoch(self, epoch: int) -> None:
-        """For an EpochStream: the epoch the next ``iter(loader)`` reads."""
-        if not isinstance(self.dataset, EpochStream):
-            raise TypeError("set_epoch needs a loader over an EpochStream")
-        self.dataset.set_epoch(epoch)
-
-
-def make_loader(
-    directory: str | Path,
-    batch_size: int,
-    rank: int,
-    world_size: int,
-    seed: int,
-    num_workers: int = 1,
-    labels: Sequence[str] = ("gaze",),
-    pin_memory: bool = False,
-    shuffle_buffer: int = 4,
-    *,
-    on_error: OnError = "raise",
-    verify: bool = False,
-    verify_blocks: bool = True,
-    start: int = 0,
-    max_images: int | None = None,
-) -> ShardLoader:
-    """A DataLoader over ``BatchStream``; batches are already formed, so batch_size=None.
-
-    ``start=s`` yields exactly (bitwise) the batches that ``start=0`` yields from its s-th
-    (0-based) on, given the same other arguments, ``num_workers`` included (the order depends
-    on it), without reading the s batches before: resume a run at the batch it stopped at.
-    Each ``iter(loader)`` starts again at ``start``. ``loader.dataset.skipped_shards`` lists
-    shards dropped under ``on_error="skip"``. ``max_images=n``: only the set's first n images.
-    ``verify_blocks=False`` skips the per-block checksums (to measure what they cost).
-    """
-    manifest = open_shards(directory, on_error=on_error)
-    stream = BatchStream(
-        directory,
-        manifest,
-        batch_size,
-        rank,
-        world_size,
-        seed,
-        labels,
-        shuffle_buffer,
-        on_error=on_error,
-        verify=verify,
-        verify_blocks=verify_blocks,
-        start=start,
-        max_images=max_images,
-    )
-    return ShardLoader(
-        stream,
-        batch_size=None,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
-
-
-def make_epoch_loader(
-    directory: str | Path,
-    batch_size: int,
-    rank: int,
-    world_size: int,
-    seed: int,
-    num_workers: int = 1,
-    labels: Sequence[str] = ("gaze",),
-    pin_memory: bool = False,
-    *,
-    epoch: int = 0,
-    shuffle: bool = True,
-    remainder: Remainder = "split",
-    with_index: bool = False,
-    on_error: OnError = "raise",
-    verify: bool = False,
-    verify_blocks: bool = True,
-) -> ShardLoader:
-    """A DataLoader over ``EpochStream``: ``len(loader)`` batches per pass on every rank.
-
-    Call ``loader.set_epoch(e)`` before each pass for a new order.
-    """
-    manifest = open_shards(directory, on_error=on_error)
-    stream = EpochStream(
-        directory,
-        manifest,
-        batch_size,
-        rank,
-        world_size,
-        seed,
-        labels,
-        epoch=epoch,
-        shuffle=shuffle,
-        remainder=remainder,
-        with_index=with_index,
-        on_error=on_error,
-        verify=verify,
-        verify_blocks=verify_blocks,
-    )
-    return ShardLoader(
-        stream,
-        batch_size=None,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DISTSIM_CACHE") or Path.home() / ".cache" / "distsim")
-
-
-def builtin_shards_name(sim: str, domain: str, count: int, seed: int, size: int = 224) -> str:
-    """The cache directory name of a built-in shard set. The simulator's version is in it, so
-    a changed renderer never reuses stale shards; hand sets also name their crop size."""
-    if sim == "eyes":
-        from shards.sim.eyes import SIM_VERSION
-
-        return f"sim-eyes-v{SIM_VERSION}-{domain}-n{count}-s{seed}"
-    if sim == "hands":
-        from shards.sim.hands import SIM_VERSION as HANDS_VERSION
-
-        return f"sim-hands-v{HANDS_VERSION}-{domain}-{size}px-n{count}-s{seed}"
-    raise ValueError(f"unknown built-in simulator {sim!r}; expected eyes or hands")
-
-
-def ensure_builtin_shards(
-    domain: str,
-    count: int,
-    seed: int,
-    cache_dir: Path | None = None,
-    *,
-    progress: bool = True,
-    sim: str = "eyes",
-    size: int = 224,
-) -> Path:
-    """Shard set of a built-in simulator (``sim``: eyes, or hands with ``size`` x ``size``
-    crops), created under ``cache_dir`` on first use (with ``progress``, naming the set it
-    makes and how far along it is, also in a log).
-
-    The trainer calls this on the main process before the other ranks, so normally only one
-    process converts. Creation is still safe under races: each caller writes into its own temp
-    directory and renames it into place; a loser of the rename uses the winner's set.
-    """
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / builtin_shards_name(sim, domain, count, seed, size)
-    if (final / MANIFEST_NAME).is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
-    try:
-        # The writer side is needed only on a cache miss. Progress names the final directory.
-        if sim == "hands":
-            from shards.sources.sim_hands import convert_sim_hands
-
-            convert_sim_hands(
-                tmp, domain, count, seed, size=size, progress=progress, shown_as=final
-            )
-        else:
-            from shards.sources.sim_eyes import convert_sim_eyes
-
-            convert_sim_eyes(tmp, domain, count, seed, progress=progress, shown_as=final)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / MANIFEST_NAME).is_file():
-                raise ShardError(
-                    f"{final}: exists but is not a complete shard set; delete it to rebuild"
-                ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already when the rename won
-    return final
-
-
-def first_images(directory: str | Path, n: int, *, on_error: OnError = "raise") -> torch.Tensor:
-    """The first n images of a shard set, in stored order: (n, C, H, W) in the stored dtype."""
-    loader = make_epoch_loader(
-        directory, 256, 0, 1, 0, num_workers=0, labels=(), shuffle=False, on_error=on_error
-    )
-    parts, got = [], 0
-    with loader:
-        for batch in loader:
-            parts.append(batch["image"])
-            got += len(batch["image"])
-            if got >= n:
-                break
-    return torch.cat(parts)[:n]

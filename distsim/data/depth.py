@@ -1,7 +1,13 @@
-"""Depth crops for training: codes -> [-1, 1], invalid pixels, and colour pictures.
+"""Depth crops as the models see them: codes -> [-1, 1], what invalid pixels become, and
+colour pictures.
 
 Crops are ``shards.depth``'s: uint16 (1, S, S) codes 1..65535 over a cube centred on the hand
 (1 = near plane, 65535 = far plane and everything behind it), 0 = invalid (no measurement).
+
+Two hole policies (``depth_to_unit``'s ``holes``): "fill", what SimGAN's refiner and
+discriminator see (below), and "far", what the pose estimator sees: invalid = far plane, the
+background, so a synthetic-trained estimator meets no value it never saw and a hole never
+becomes a phantom surface in front of the hand.
 
 Normalisation: one affine map for every crop, code 1 -> -1 (near), 65535 -> +1 (far), so a
 refiner's input and output live in the same [-1, 1] as eye images and its tanh can reach both
@@ -20,8 +26,8 @@ sit on the background side of a depth edge, so the far side is what the sensor w
 seen, and a max never invents a depth between hand and wall (a mean would make flying
 pixels). Why the whole hole's rim and not each pixel's nearest: a projector shadow between
 the hand and the background would then be half hand, a silhouette fattened on the shadow
-side, which D rewarded R for copying (BENCHMARKS.md, "Depth hands"); now it is background,
-as the estimator reads it (``distsim.handaug``: invalid = far plane), while a hole inside the
+side, which D rewarded R for copying; so it is background,
+as the estimator reads it (the "far" policy), while a hole inside the
 hand still takes the hand's depth (a far-plane pit there is something R cannot draw). After
 filling, every pixel of a real crop is a valid depth that also occurs in its own crop, and
 the mask of where filling happened is not shown to D. A validity mask channel for R and D
@@ -34,24 +40,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FAR", "NEAR", "codes_to_unit", "depth_rgb", "fill_invalid"]
+from shards.depth import CODE_STEPS
+
+__all__ = ["FAR", "HOLES", "NEAR", "codes_to_unit", "depth_rgb", "depth_to_unit", "fill_invalid"]
 
 NEAR, FAR = -1.0, 1.0
 # Passes of the hole filling (fill_passes): holes up to twice that across fill from their rims.
 _MIN_PASSES, _PASSES_PER_SIDE = 8, 1 / 8
-_CODES = 65534.0  # valid codes 1..65535 (shards.depth)
+HOLES = ("fill", "far")  # what depth_to_unit makes of invalid pixels
 _UNSET = -3.0  # below every valid value: marks a still-invalid pixel during filling
 
 
 def codes_to_unit(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """uint16 (or int32) depth codes (B, 1, H, W) -> (float depth in [-1, 1], valid mask).
 
-    Code c maps to (c - 1) / 65534 * 2 - 1; invalid pixels (code 0) come out as NaN-free
+    Code c maps to (c - 1) / CODE_STEPS * 2 - 1; invalid pixels (code 0) come out as NaN-free
     placeholders (the far plane) with ``valid`` False there. No host syncs.
     """
     c = codes.to(torch.int32)
     valid = c > 0  # (B, 1, H, W) bool
-    x = (c - 1).float().mul_(2.0 / _CODES).sub_(1.0)
+    x = (c - 1).float().mul_(2.0 / CODE_STEPS).sub_(1.0)
     return torch.where(valid, x, torch.full_like(x, FAR)), valid
 
 
@@ -77,15 +85,23 @@ def fill_invalid(x: torch.Tensor, valid: torch.Tensor, passes: int | None = None
     return torch.where(out > _UNSET, out, torch.full_like(out, FAR))
 
 
-def depth_to_unit(codes: torch.Tensor) -> torch.Tensor:
-    """What training sees of a depth crop: ``codes_to_unit`` then ``fill_invalid``."""
+def depth_to_unit(codes: torch.Tensor, holes: str = "fill") -> torch.Tensor:
+    """Depth codes (B, 1, H, W) -> float32 in [-1, 1], invalid pixels filled from their
+    hole's rim (``holes="fill"``: what SimGAN sees) or at the far plane (``"far"``: what the
+    pose estimator sees); see the module docstring."""
     x, valid = codes_to_unit(codes)
+    if holes == "far":
+        return x
+    if holes != "fill":
+        raise ValueError(f"holes must be one of {HOLES}, got {holes!r}")
     return fill_invalid(x, valid)
 
 
 def unit_to_codes(x: torch.Tensor) -> torch.Tensor:
     """Inverse of ``codes_to_unit`` for valid depth: [-1, 1] -> codes 1..65535 (int32)."""
-    return x.float().add(1.0).mul_(_CODES / 2).add_(1.0).round_().clamp_(1, 65535).to(torch.int32)
+    return (
+        x.float().add(1.0).mul_(CODE_STEPS / 2).add_(1.0).round_().clamp_(1, 65535).to(torch.int32)
+    )
 
 
 def depth_rgb(
