@@ -24,7 +24,7 @@ if __package__ in (None, ""):
 import torch
 
 from distsim.config import make_config
-from distsim.train import Run
+from distsim.training.run import Run
 
 
 def measure(preset: str, precision: str, work: Path, **overrides: Any) -> dict[str, int]:

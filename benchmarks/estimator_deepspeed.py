@@ -5,9 +5,10 @@
         [--config launch/deepspeed_zero2.json]
 
 One process per mode (Accelerate keeps one global state per process). Both train the paper's
-estimator through ``distsim.fit.fit`` from the same seed on the same random eyes (resident on
-the device, so the loader is not measured), plain in float32 as ``evaluate`` does, DeepSpeed
-with the shipped config (ZeRO-2, bf16 where the GPU has it). benchmarks/gpu_check.sh runs it.
+estimator through ``distsim.estimation.fit.fit`` from the same seed on the same random eyes
+(resident on the device, so the loader is not measured), plain in float32 as ``evaluate``
+does, DeepSpeed with the shipped config (ZeRO-2, bf16 where the GPU has it).
+benchmarks/gpu_check.sh runs it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distsim.estimators import EYE_SHAPE, GazeEstimator, gaze_loss  # noqa: E402
-from distsim.fit import Plain, Prepare, fit  # noqa: E402
+from distsim.estimation.fit import Plain, Prepare, fit  # noqa: E402
+from distsim.gaze.estimator import EYE_SHAPE, GazeEstimator, gaze_loss  # noqa: E402
 
 
 def batches(
@@ -54,7 +55,7 @@ def main() -> None:
     prepare: Prepare = Plain()
     info = None
     if args.mode == "deepspeed":
-        from distsim import zero
+        from distsim.estimation import deepspeed as zero
 
         config, info = zero.load_config(args.config, args.batch_size)
         accelerator = zero.make_accelerator(config, info)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from distsim.checkpoint import build_models
+from distsim.checkpoints.models import build_models
 from distsim.config import make_config
 from distsim.gan.history import HistoryBuffer
 from distsim.gan.losses import PSI
@@ -33,16 +33,24 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=6)
     args = parser.parse_args()
     cfg = make_config(args.preset)
-    side = cfg.builtin_size
+    side = cfg.data.builtin_size
     torch.manual_seed(0)
     refiner, disc = build_models(cfg, 1)
-    opt_r = torch.optim.Adam(refiner.parameters(), lr=cfg.lr_r)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d)
+    opt_r = torch.optim.Adam(refiner.parameters(), lr=cfg.optim.lr_r)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.optim.lr_d)
     shape = (1, side, side)
-    history = HistoryBuffer(cfg.history_size, shape, seed=0, device=torch.device("cpu"))
-    step = SimGANStep(refiner, disc, opt_r, opt_d, psi=PSI[cfg.psi], lambda_reg=cfg.lambda_reg,
-                      history=history, noise_channels=cfg.refiner_noise)  # fmt: skip
-    x = torch.rand(cfg.batch_size, *shape) * 2 - 1
+    history = HistoryBuffer(cfg.history.size, shape, seed=0, device=torch.device("cpu"))
+    step = SimGANStep(
+        refiner,
+        disc,
+        opt_r,
+        opt_d,
+        psi=PSI[cfg.optim.psi],
+        lambda_reg=cfg.optim.lambda_reg,
+        history=history,
+        noise_channels=cfg.refiner.noise,
+    )
+    x = torch.rand(cfg.schedule.batch_size, *shape) * 2 - 1
 
     def cpu_per(fn: object, n: int) -> float:
         fn()  # warm-up
@@ -53,9 +61,9 @@ def main() -> None:
 
     r = cpu_per(lambda: step.refiner_step(x, True), args.updates)
     d = cpu_per(lambda: step.discriminator_step(x, x), args.updates)
-    total = cfg.pretrain_r_steps * r + cfg.pretrain_d_steps * d
-    total += cfg.steps * (cfg.k_g * r + cfg.k_d * d)
-    print(f"{args.preset}: {side}x{side}, batch {cfg.batch_size}, threads "
+    total = cfg.schedule.pretrain_r_steps * r + cfg.schedule.pretrain_d_steps * d
+    total += cfg.schedule.steps * (cfg.schedule.k_g * r + cfg.schedule.k_d * d)
+    print(f"{args.preset}: {side}x{side}, batch {cfg.schedule.batch_size}, threads "
           f"{torch.get_num_threads()}: R update {r:.3f} CPU s, D update {d:.3f} CPU s; "
           f"schedule {total:.0f} CPU s = {total / 60:.1f} min on 1 idle core, "
           f"~{total / 120:.1f} min on 2 (perfect scaling)")  # fmt: skip

@@ -55,7 +55,7 @@ LABELS = {
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 127.5 - 1  # (B, 1, 35, 55) in [-1, 1], as distsim.train does
+    return images.float() / 127.5 - 1  # (B, 1, 35, 55) in [-1, 1], as distsim.data.pixels does
 
 
 def rate(batches: Iterator[torch.Tensor], n_batches: int) -> tuple[float, int]:

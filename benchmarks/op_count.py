@@ -30,7 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.step_throughput import CONFIGS, K_D, K_G, PlainLoop
-from distsim.checkpoint import build_models
+from distsim.checkpoints.models import build_models
 from distsim.config import make_config
 from distsim.gan.history import HistoryBuffer
 from distsim.gan.losses import PSI
@@ -60,14 +60,16 @@ def count(config: str, batch: int, precision: str, mode: str) -> dict[str, Any]:
     real = torch.rand(batch, *shape) * 2 - 1
     bf16 = precision == "bf16"
     if mode == "plain":
-        loop: Any = PlainLoop(refiner, disc, 100 * batch, cfg.lambda_reg, bf16, torch.device("cpu"))
+        loop: Any = PlainLoop(
+            refiner, disc, 100 * batch, cfg.optim.lambda_reg, bf16, torch.device("cpu")
+        )
     else:
         loop = SimGANStep(
             refiner, disc,
             # Fused, as the trainer runs Adam on CUDA (torch has a fused CPU Adam too).
             torch.optim.Adam(refiner.parameters(), 1e-4, fused=True),
             torch.optim.Adam(disc.parameters(), 1e-3, fused=True),
-            psi=PSI[cfg.psi], lambda_reg=cfg.lambda_reg,
+            psi=PSI[cfg.optim.psi], lambda_reg=cfg.optim.lambda_reg,
             history=HistoryBuffer(100 * batch, shape, seed=0,
                                   dtype=torch.bfloat16 if bf16 else torch.float32),
             precision="bf16" if bf16 else "no",

@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from distsim.checkpoint import build_models  # noqa: E402
+from distsim.checkpoints.models import build_models  # noqa: E402
 from distsim.config import make_config  # noqa: E402
 from distsim.gan.discriminator import REAL, REFINED  # noqa: E402
 from distsim.gan.losses import local_adversarial_loss, self_regularization_loss  # noqa: E402
@@ -112,7 +112,9 @@ def measure_one(
         events = acc.Scalars("images_per_second")
         cfg = make_config(preset, **overrides)
         adversarial = [
-            e.value for e in events if e.step > cfg.pretrain_r_steps + cfg.pretrain_d_steps
+            e.value
+            for e in events
+            if e.step > cfg.schedule.pretrain_r_steps + cfg.schedule.pretrain_d_steps
         ][1:]  # the first adversarial interval includes warm-up
         return {"images_per_second": statistics.mean(adversarial), "wall_s": wall}
 
@@ -141,8 +143,8 @@ def iteration_flops(preset: str, batch: int | None = None) -> dict[str, float]:
     """FLOPs of one adversarial iteration (K_g R steps + K_d D steps) on one rank; the D
     step refines only the b/2 images it uses (step.py)."""
     cfg = make_config(preset, **({"batch_size": batch} if batch else {}))
-    c, h, w = (1, 35, 55) if cfg.disc_arch == "eyes" else (1, 224, 224)
-    b = cfg.batch_size
+    c, h, w = (1, 35, 55) if cfg.discriminator.arch == "eyes" else (1, 224, 224)
+    b = cfg.schedule.batch_size
     with torch.device("meta"):
         refiner, disc = build_models(cfg, c)
         syn = torch.empty(b, c, h, w)
@@ -151,7 +153,7 @@ def iteration_flops(preset: str, batch: int | None = None) -> dict[str, float]:
         with counter:
             refined = refiner(syn)
             loss = local_adversarial_loss(disc(refined), REAL).mean()
-            loss = loss + cfg.lambda_reg * self_regularization_loss(refined, syn).mean()
+            loss = loss + cfg.optim.lambda_reg * self_regularization_loss(refined, syn).mean()
             loss.backward()
         r_step = counter.get_total_flops()
         counter = FlopCounterMode(display=False)
@@ -168,11 +170,11 @@ def iteration_flops(preset: str, batch: int | None = None) -> dict[str, float]:
     return {
         "batch": b,
         "image": [c, h, w],
-        "k_g": cfg.k_g,
-        "k_d": cfg.k_d,
+        "k_g": cfg.schedule.k_g,
+        "k_d": cfg.schedule.k_d,
         "r_step_flops": r_step,
         "d_step_flops": d_step,
-        "iteration_flops": cfg.k_g * r_step + cfg.k_d * d_step,
+        "iteration_flops": cfg.schedule.k_g * r_step + cfg.schedule.k_d * d_step,
         "r_params": r_params,
         "d_params": d_params,
     }

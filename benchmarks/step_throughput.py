@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from distsim.checkpoint import build_models
+from distsim.checkpoints.models import build_models
 from distsim.config import make_config
 from distsim.gan.history import HistoryBuffer
 from distsim.gan.losses import PSI
@@ -191,7 +191,7 @@ def measure(
     real = (torch.rand(batch, *shape, generator=gen) * 2 - 1).to(device)
     history = 100 * batch
     if mode == "plain":
-        loop = PlainLoop(refiner, disc, history, cfg.lambda_reg, precision == "bf16", device)
+        loop = PlainLoop(refiner, disc, history, cfg.optim.lambda_reg, precision == "bf16", device)
         r_step: Callable[[], None] = lambda: loop.refiner_step(syn)  # noqa: E731
 
         def iteration() -> None:
@@ -205,12 +205,12 @@ def measure(
             refiner, disc,
             torch.optim.Adam(refiner.parameters(), 1e-4, fused=fused),
             torch.optim.Adam(disc.parameters(), 1e-3, fused=fused),
-            psi=PSI[cfg.psi], lambda_reg=cfg.lambda_reg,
+            psi=PSI[cfg.optim.psi], lambda_reg=cfg.optim.lambda_reg,
             history=HistoryBuffer(history, shape, seed=0, device=device,
                                   dtype=torch.bfloat16 if precision == "bf16" else torch.float32),
             precision="bf16" if precision == "bf16" else "no", channels_last=channels_last,
             compile=mode == "compiled", compile_mode=args.compile_mode,
-            noise_channels=cfg.refiner_noise, noise_seed=0,
+            noise_channels=cfg.refiner.noise, noise_seed=0,
         )  # fmt: skip
 
         def r_step() -> None:

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distsim.checkpoint import build_models  # noqa: E402
+from distsim.checkpoints.models import build_models  # noqa: E402
 from distsim.config import make_config  # noqa: E402
 
 IMAGE = {"eyes": (1, 35, 55), "hands": (1, 224, 224)}  # the paper's image sizes
@@ -38,7 +38,7 @@ def saved_activation_bytes(preset: str, device: str) -> tuple[int, int]:
     cfg = make_config(preset)
     with torch.device(device):
         refiner, disc = build_models(cfg, IMAGE[preset][0])
-        x = torch.rand(cfg.batch_size, *IMAGE[preset]) * 2 - 1  # (B, C, H, W)
+        x = torch.rand(cfg.schedule.batch_size, *IMAGE[preset]) * 2 - 1  # (B, C, H, W)
     seen: dict[tuple[int, int], int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -64,7 +64,7 @@ def saved_activation_bytes(preset: str, device: str) -> tuple[int, int]:
                                 device=logits.device),
         ) + (refined - x).abs().mean()  # fmt: skip
     del loss
-    return sum(seen.values()), cfg.batch_size
+    return sum(seen.values()), cfg.schedule.batch_size
 
 
 def model_state(preset: str, gpus: int) -> dict[str, Any]:

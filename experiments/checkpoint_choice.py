@@ -7,7 +7,7 @@ For each run (trained with its checkpoints kept and realism-scored, as
 ``experiments/domain_sweep.py`` trains them): refine the sweep's synthetic validation eyes
 with every scored checkpoint, train the half-width paper estimator on each refined set and
 test it on the run's real domain's validation eyes (never a test split). Then compare the
-checkpoint ``refine --checkpoint best`` picks (``distsim.realism.select_checkpoint``: no
+checkpoint ``refine --checkpoint best`` picks (``distsim.checkpoints.realism.select_checkpoint``: no
 labels) with the one of lowest estimator error (labels), and the rank correlation between
 the two-sample-test accuracy and the estimator's error over checkpoints.
 
@@ -27,11 +27,12 @@ if __package__ in (None, ""):
 
 from scipy.stats import spearmanr
 
-from distsim.checkpoint import checkpoint_root, realism_scores
+from distsim.checkpoints.realism import select_checkpoint
+from distsim.checkpoints.store import checkpoint_root, realism_scores
 from distsim.config import load_config
-from distsim.evaluate import train_and_test_many
-from distsim.realism import select_checkpoint
-from distsim.report import pupil_shift, refine_with
+from distsim.gaze.report import pupil_shift
+from distsim.gaze.task import train_and_test_many
+from distsim.tables.rows import refine_with
 
 ESTIMATOR = dict(steps=800, batch_size=128, width_mult=0.5, seed=0, num_workers=0)
 
@@ -46,9 +47,9 @@ def main() -> None:
     syn = args.work / "val-synthetic"
     for run in args.runs:
         cfg = load_config(run / "config.json")
-        test = args.work / f"val-{cfg.builtin_real}"
+        test = args.work / f"val-{cfg.data.builtin_real}"
         scores = realism_scores(run)
-        entry = results.setdefault(str(run), {"domain": cfg.builtin_real, "checkpoints": {}})
+        entry = results.setdefault(str(run), {"domain": cfg.data.builtin_real, "checkpoints": {}})
         for name, score in sorted(scores.items()):
             if name in entry["checkpoints"]:
                 continue

@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distsim import data  # noqa: E402
-from distsim.checkpoint import load_models, resolve_checkpoint  # noqa: E402
+from distsim.checkpoints.models import load_models  # noqa: E402
+from distsim.checkpoints.store import resolve_checkpoint  # noqa: E402
 from distsim.data.pixels import to_unit_range  # noqa: E402
 from distsim.gan.discriminator import REAL, REFINED, Discriminator  # noqa: E402
 from distsim.gan.losses import local_adversarial_loss, patch_accuracy  # noqa: E402
@@ -38,12 +39,19 @@ def main() -> None:
     ckpt = resolve_checkpoint(args.run)
     refiner, d_trained, cfg = load_models(ckpt)
     refiner.eval()
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else None
-    syn_dir = data.ensure_builtin_shards("synthetic", cfg.builtin_count, cfg.builtin_seed, cache)
-    real_dir = data.ensure_builtin_shards("real", cfg.builtin_count, cfg.builtin_seed, cache)
-    candidates = {f"checkpoint D, lr {cfg.lr_d:g}": (d_trained, cfg.lr_d)}
+    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+    syn_dir = data.ensure_builtin_shards(
+        "synthetic", cfg.data.builtin_count, cfg.data.builtin_seed, cache
+    )
+    real_dir = data.ensure_builtin_shards(
+        "real", cfg.data.builtin_count, cfg.data.builtin_seed, cache
+    )
+    candidates = {f"checkpoint D, lr {cfg.optim.lr_d:g}": (d_trained, cfg.optim.lr_d)}
     for lr in args.lrs:
-        candidates[f"fresh D, lr {lr:g}"] = (Discriminator(1, cfg.disc_widths, cfg.disc_arch), lr)
+        candidates[f"fresh D, lr {lr:g}"] = (
+            Discriminator(1, cfg.discriminator.widths, cfg.discriminator.arch),
+            lr,
+        )
     results = {"checkpoint": str(ckpt), "windows_of": 25, "accuracy": {}}
     for name, (disc, lr) in candidates.items():
         syn = iter(data.make_loader(syn_dir, 32, 0, 1, 5, num_workers=0, labels=()))

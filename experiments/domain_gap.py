@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from distsim.evaluate import train_and_test_many
+from distsim.gaze.task import train_and_test_many
 from shards.sim.eyes import REAL_DOMAINS
 from shards.sources.sim_eyes import convert_sim_eyes
 

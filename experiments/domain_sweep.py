@@ -36,12 +36,14 @@ if __package__ in (None, ""):
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from distsim.checkpoint import has_ema, realism_scores
+from distsim.checkpoints.refine import load_refiner, refine_shards
+from distsim.checkpoints.store import has_ema, realism_scores
 from distsim.config import make_config
 from distsim.data import first_images
-from distsim.evaluate import train_and_test_many
-from distsim.refine import load_refiner, refine_shards
-from distsim.report import pupil_shift, train_and_refine
+from distsim.gaze.pupil import pupil_scores
+from distsim.gaze.report import pupil_shift
+from distsim.gaze.task import train_and_test_many
+from distsim.tables.rows import train_and_refine
 from shards.sim.eyes import REAL_DOMAINS
 from shards.sources.sim_eyes import convert_sim_eyes
 
@@ -124,23 +126,23 @@ def main() -> None:
                 run_dir=str(work / f"run-{name}-{domain}"), cache_dir=str(work / "cache"),
                 resume="auto", keep_checkpoints=0, **overrides,
             )  # fmt: skip
-            refined = train_and_refine(cfg, syn, work / f"refined-{name}-{domain}")
+            refined = train_and_refine(cfg, syn, work / f"refined-{name}-{domain}", pupil_scores)
             trained = time.time() - started
             r = train_and_test_many(refined, [tests[domain]], **ESTIMATOR)[0]
-            adversarial_from = cfg.pretrain_r_steps + cfg.pretrain_d_steps
+            adversarial_from = cfg.schedule.pretrain_r_steps + cfg.schedule.pretrain_d_steps
             row = {
                 "variant": name, "domain": domain, "overrides": overrides, "seed": args.seed,
                 "err": r["mean_angular_error_deg"], "w7": r["within_7deg_pct"],
                 "pupil": pupil_shift(syn, refined, 1000),
                 "mean_intensity": first_images(refined, 1000).float().mean().item(),
-                "d": d_curves(Path(cfg.run_dir), adversarial_from),
-                "realism": realism_scores(cfg.run_dir),
+                "d": d_curves(Path(cfg.outputs.run_dir), adversarial_from),
+                "realism": realism_scores(cfg.outputs.run_dir),
             }  # fmt: skip
-            if has_ema(cfg.run_dir):
+            if has_ema(cfg.outputs.run_dir):
                 # The same run's last weights, for the average's effect.
                 raw = work / f"refined-{name}-{domain}-raw"
                 if not (raw / "manifest.json").is_file():
-                    refiner, info, shape = load_refiner(cfg.run_dir, "raw")
+                    refiner, info, shape = load_refiner(cfg.outputs.run_dir, "raw")
                     refine_shards(refiner, syn, raw, checkpoint=info, trained_shape=shape,
                                   num_workers=0)  # fmt: skip
                 r = train_and_test_many(raw, [tests[domain]], **ESTIMATOR)[0]

@@ -23,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distsim.config import make_config  # noqa: E402
 from distsim.data import first_images  # noqa: E402
-from distsim.evaluate import train_and_test  # noqa: E402
-from distsim.report import pupil_shift, train_and_refine  # noqa: E402
+from distsim.gaze.pupil import pupil_scores  # noqa: E402
+from distsim.gaze.report import pupil_shift  # noqa: E402
+from distsim.gaze.task import train_and_test  # noqa: E402
+from distsim.tables.rows import train_and_refine  # noqa: E402
 from shards.sources.sim_eyes import convert_sim_eyes  # noqa: E402
 
 N, EST_STEPS, EST_BATCH, WIDTH, SEEDS = 20_000, 800, 128, 0.5, (0, 1)
@@ -57,7 +59,7 @@ def main() -> None:
             cfg = make_config(
                 "cpu", seed=0, run_dir=str(work / f"run-{name}"), progress=False, **overrides
             )
-            refined = train_and_refine(cfg, syn, work / f"refined-{name}")
+            refined = train_and_refine(cfg, syn, work / f"refined-{name}", pupil_scores)
             result = {
                 "variant": name,
                 "overrides": overrides,

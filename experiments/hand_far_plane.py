@@ -20,7 +20,7 @@ much two noise draws change its refined hand pixels. ``--picture OUT.png`` (with
 ``--perfect-seed``) draws the first crops, one row each: synthetic | each checkpoint's
 weight-averaged refinement | the perfect one, then each change from synthetic in red (nearer)
 and blue (farther), saturating at +-0.05 (7.5 mm). Every row ends with the realism score
-training logs (``distsim.realism``: a fresh classifier's held-out
+training logs (``distsim.checkpoints.realism``: a fresh classifier's held-out
 accuracy at telling these crops from the real ones; 0.5 = indistinguishable).
 """
 
@@ -36,11 +36,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package from a checkout
 
+from distsim.checkpoints.realism import two_sample_test  # noqa: E402
+from distsim.checkpoints.refine import load_refiner  # noqa: E402
 from distsim.data import first_images  # noqa: E402
 from distsim.data.depth import depth_to_unit  # noqa: E402
 from distsim.gan.noise import indexed_noise  # noqa: E402
-from distsim.realism import two_sample_test  # noqa: E402
-from distsim.refine import load_refiner  # noqa: E402
 from shards.sim.hands import render  # noqa: E402
 
 # The local-range refiner's default slack; its "outside the range" column uses it.
@@ -122,11 +122,12 @@ def main() -> int:
 
 
 def picture(path: Path, x: torch.Tensor, refined: list[torch.Tensor]) -> None:
-    """Rows of crops: x | each of `refined` (``distsim.images.depth_grid``: one colour scale
-    per row, over x's hand) | each one's change from x (red nearer, blue farther, +-0.05)."""
+    """Rows of crops: x | each of `refined` (``distsim.training.pictures.depth_grid``: one
+    colour scale per row, over x's hand) | each one's change from x (red nearer, blue farther,
+    +-0.05)."""
     from matplotlib import colormaps
 
-    from distsim.images import depth_grid, depth_scale, grid, save_png
+    from distsim.training.pictures import depth_grid, depth_scale, grid, save_png
 
     depths = depth_grid([x, *refined], [None] * (1 + len(refined)))
     changes = []

@@ -1,6 +1,6 @@
 """Does the built-in hand simulator's domain gap matter to the paper's estimator?
 
-Train the stacked hourglass (``distsim.evaluate_hands``) at a CPU size once on synthetic and
+Train the stacked hourglass (``distsim.hands.task``) at a CPU size once on synthetic and
 once on real built-in crops, test both on held-out real crops, and write the numbers to
 experiments/results/hand_gap.json. The claim to see: training on synthetic does clearly worse
 on real than training on real.
@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the package from a checkout
 
-from distsim.evaluate_hands import train_and_test_hands  # noqa: E402
+from distsim.hands.task import train_and_test  # noqa: E402
 from shards.format import read_manifest  # noqa: E402
 from shards.sources.sim_hands import convert_sim_hands  # noqa: E402
 
@@ -84,7 +84,7 @@ def main() -> int:
     rows = {}
     started = time.time()
     for train in ("train_synthetic", "train_real"):
-        report = train_and_test_hands(
+        report = train_and_test(
             args.work / train,
             args.work / "test_real",
             steps=args.steps,

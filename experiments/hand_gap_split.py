@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the package from a checkout
 
-from distsim.evaluate_hands import train_and_test_hands  # noqa: E402
+from distsim.hands.task import train_and_test  # noqa: E402
 from experiments.hand_gap import add_estimator_args, ensure  # noqa: E402
 
 SETS = (  # name, pose domain, look, simulator seed
@@ -64,7 +64,7 @@ def main() -> int:
                        args.count, size, look)  # fmt: skip
         errors = []
         for s in args.seeds:
-            report = train_and_test_hands(
+            report = train_and_test(
                 train, test, steps=args.steps, batch_size=args.batch_size, width=args.width,
                 depth=args.depth, stem_stride=args.stem_stride, seed=s, num_workers=0,
             )  # fmt: skip

@@ -4,7 +4,7 @@
 
 Refines `count` fresh synthetic images (a seed the training shards never used) with the run's
 newest checkpoint and reports:
-- pupil shift: distance between the pupil located (distsim.pupil) in each synthetic image and
+- pupil shift: distance between the pupil located (distsim.gaze.pupil) in each synthetic image and
   in its refinement, plus the locator's error against the simulator's exact label on both;
 - appearance: mean intensity, corner-patch texture (std) and pixel noise (median |Laplacian|)
   of synthetic, refined and real images: refined should sit between synthetic and real.
@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distsim.checkpoint import load_models, resolve_checkpoint
+from distsim.checkpoints.models import load_models
+from distsim.checkpoints.store import resolve_checkpoint
 from distsim.data.pixels import to_unit_range
-from distsim.pupil import locate_pupil
+from distsim.gaze.pupil import locate_pupil
 from shards.sim.eyes import generate
 
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
             "refined": appearance(x_ref),
             "real": appearance(torch.from_numpy(real["image"]).unsqueeze(1)),
         },
-        "lambda_reg": cfg.lambda_reg,
+        "lambda_reg": cfg.optim.lambda_reg,
     }
     text = json.dumps(result, indent=2)
     print(text)

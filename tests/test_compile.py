@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from distsim.checkpoint import latest_checkpoint
+from distsim.checkpoints.store import latest_checkpoint
 from distsim.config import make_config
-from distsim.train import training_loop
+from distsim.training.loop import training_loop
 
 
 def _weights(run) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,9 +10,13 @@ def test_presets_resolve_and_validate():
     for name in PRESETS:
         cfg = make_config(name)
         assert cfg.preset == name
-    assert make_config("eyes").refiner_width == 64 and make_config("eyes").refiner_blocks == 4
+    assert make_config("eyes").refiner.width == 64 and make_config("eyes").refiner.blocks == 4
     hands = make_config("hands")
-    assert (hands.refiner_kernel, hands.refiner_blocks, hands.disc_arch) == (7, 10, "hands")
+    assert (hands.refiner.kernel, hands.refiner.blocks, hands.discriminator.arch) == (
+        7,
+        10,
+        "hands",
+    )
 
 
 def test_flags_override_preset():
@@ -28,9 +33,9 @@ def test_flags_override_preset():
             "0.25",
         ]
     )
-    assert cfg.batch_size == 12 and cfg.disc_widths == (4, 4, 4, 4)
-    assert cfg.history is False and cfg.lambda_reg == 0.25
-    assert cfg.refiner_width == PRESETS["smoke"]["refiner_width"]
+    assert cfg.schedule.batch_size == 12 and cfg.discriminator.widths == (4, 4, 4, 4)
+    assert cfg.history.enabled is False and cfg.optim.lambda_reg == 0.25
+    assert cfg.refiner.width == PRESETS["smoke"]["refiner_width"]
 
 
 @pytest.mark.parametrize(
@@ -63,7 +68,7 @@ def test_config_json_round_trip(tmp_path):
     cfg = make_config("smoke", seed=3)
     (tmp_path / "config.json").write_text(cfg.to_json())
     assert load_config(tmp_path / "config.json") == cfg
-    assert json.loads(cfg.to_json())["disc_widths"] == list(cfg.disc_widths)
+    assert json.loads(cfg.to_json())["discriminator"]["widths"] == list(cfg.discriminator.widths)
     assert isinstance(Config(), Config)
 
 
@@ -75,6 +80,21 @@ def test_help_shows_the_chosen_presets_values(capsys):
         assert f"buffer) ({preset}: {batch})" in text, text[:300]
 
 
+# config.json as distsim 0.1.0 wrote it (one flat object), for the pinned smoke run.
+OLD = Path(__file__).parent / "data" / "config-0.1.0-smoke.json"
+
+
+def test_a_config_json_from_before_the_groups_loads_as_the_same_config():
+    old = load_config(OLD)
+    # Every setting as the run had it, the slack of its time (0.05, unused by tanh) too.
+    want = make_config("smoke", synthetic="S/syn", real="S/real", run_dir="S/eyes",
+                       mixed_precision="no", refiner_slack=0.05)  # fmt: skip
+    assert old == want
+    hands = load_config(OLD.with_name("config-0.1.0-hands-cpu.json"))
+    assert hands.refiner.dropout and hands.refiner.output == "local_range"
+    assert hands.schedule.steps == 3 and hands.history.size == 64
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "words"),
     [
@@ -84,11 +104,9 @@ def test_help_shows_the_chosen_presets_values(capsys):
     ],
 )
 def test_a_run_made_with_a_removed_setting_is_refused_in_one_line(tmp_path, setting, value, words):
-    saved = json.loads(make_config("smoke").to_json())
+    saved = json.loads(OLD.read_text())
+    assert saved["refiner_highpass"] == 0.0 and saved["disc_blur"] == 0.0  # off: it loads
     path = tmp_path / "config.json"
-    # Off, a removed setting is what every run had: such a config loads as if it were absent.
-    path.write_text(json.dumps(saved | {"refiner_highpass": 0.0, "disc_blur": 0.0}))
-    assert load_config(path) == make_config("smoke")
     path.write_text(json.dumps(saved | {setting: value}))
     with pytest.raises(ValueError, match=words) as caught:
         load_config(path)

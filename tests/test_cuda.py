@@ -8,21 +8,21 @@ by design, and that is what the fp16 test then checks.
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from distsim.checkpoint import latest_checkpoint, load_state
+from distsim.checkpoints.store import latest_checkpoint, load_state
 from distsim.config import make_config
 from distsim.gan.discriminator import Discriminator
 from distsim.gan.history import state_images
 from distsim.gan.losses import psi_standardized
 from distsim.gan.refiner import Refiner
 from distsim.gan.step import SimGANStep
-from distsim.train import training_loop
+from distsim.training.loop import training_loop
+from tests.helpers import saved_settings
 from tests.test_train import _scalars
 
 DEVICE = "cpu" if os.environ.get("DISTSIM_TEST_DEVICE") == "cpu" else "cuda"
@@ -56,7 +56,7 @@ def test_smoke_training_in_bf16(tmp_path):
     run = training_loop(_cfg(tmp_path, "bf16", mixed_precision="bf16", channels_last=True))
     scalars = _scalars(run)
     assert all(torch.isfinite(torch.tensor(scalars[t])).all() for t in ("r_loss", "d_loss"))
-    assert json.loads((run / "config.json").read_text())["mixed_precision"] == "bf16"
+    assert saved_settings(run / "config.json")["mixed_precision"] == "bf16"
     history = state_images(load_state(run)["history"])
     assert history.dtype == torch.bfloat16 and history.shape[0] > 0
 

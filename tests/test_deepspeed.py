@@ -1,4 +1,4 @@
-"""DeepSpeed for the estimators (evaluate --deepspeed, distsim.zero), on the CPU.
+"""DeepSpeed for the estimators (evaluate --deepspeed, distsim.estimation.deepspeed), on the CPU.
 
 DeepSpeed runs here on its CPU accelerator with gloo. From the same seed, ZeRO-2 trains the
 estimator as plain training does (float32: bit-identical in practice; asserted to 1e-6), so
@@ -22,10 +22,10 @@ from types import ModuleType
 import pytest
 import torch
 
-from distsim import zero
-from distsim.estimators import gaze_loss
+from distsim.estimation import deepspeed as zero
+from distsim.estimation.fit import fit
 from distsim.evaluate import main
-from distsim.fit import fit
+from distsim.gaze.estimator import gaze_loss
 from shards.cli import main as shards_main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distsim.checkpoint import latest_checkpoint, list_checkpoints, load_state
+from distsim.checkpoints.store import latest_checkpoint, list_checkpoints, load_state
 from distsim.gan.discriminator import Discriminator
 from distsim.gan.refiner import Refiner
 from distsim.train import EXIT_PREEMPTED
@@ -214,7 +214,7 @@ def test_rank_consistency_check_names_the_tensor_that_differs(tmp_path, bad):
     script.write_text(
         "import os, sys, torch, torch.distributed as dist\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from distsim.guards import check_rank_consistency\n"
+        "from distsim.distributed.guards import check_rank_consistency\n"
         "dist.init_process_group('gloo')\n"
         "rank = dist.get_rank()\n"
         "t = {'a.weight': torch.arange(6.0), 'b.bias': torch.ones(3)}\n"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from distsim.estimators import EYE_SHAPE, GazeEstimator, gaze_loss
+from distsim.gaze.estimator import EYE_SHAPE, GazeEstimator, gaze_loss
 
 
 def test_paper_width_flattens_to_9600() -> None:

@@ -15,7 +15,10 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from distsim.data import BatchStream, make_epoch_loader
-from distsim.evaluate import main, plot_cumulative, train_and_test, write_report
+from distsim.estimation.pipeline import write_report
+from distsim.estimation.plots import plot_cumulative
+from distsim.evaluate import main
+from distsim.gaze.task import GazeTask, train_and_test
 from shards.cli import main as shards_main
 from shards.format import read_manifest
 from shards.writer import ShardSetWriter
@@ -91,7 +94,9 @@ def test_plot_command_overlays_evaluations(
     sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for name, train in (("a", "train"), ("b", "real")):
-        write_report(train_and_test(sets[train], sets["test"], steps=0, **TINY), tmp_path / name)
+        write_report(
+            GazeTask(), train_and_test(sets[train], sets["test"], steps=0, **TINY), tmp_path / name
+        )
     png = tmp_path / "both.png"
     args = ["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(png)]
     assert main([*args, "--names", "synthetic", "real"]) == 0
@@ -108,10 +113,11 @@ def test_plot_cumulative_overlays_runs(tmp_path: Path) -> None:
         "synthetic": [5.0 * d for d in range(1, 21)],
         "refined": [min(100.0, 8.0 * d) for d in range(1, 21)],
     }
-    path = plot_cumulative(curves, tmp_path / "sub" / "fig.png")
+    path = GazeTask().plot(curves, tmp_path / "sub" / "fig.png")
     assert path.is_file() and path.stat().st_size > 5_000
     with pytest.raises(ValueError, match="thresholds"):
-        plot_cumulative({"short": [1.0, 2.0]}, tmp_path / "bad.png")
+        plot_cumulative({"short": [1.0, 2.0]}, tmp_path / "bad.png", range(1, 21), "t",
+                        xlabel="x", ylabel="y")  # fmt: skip
 
 
 def test_epochs_train_count_and_real_note(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from distsim.evaluate import main
-from distsim.evaluate_hands import default_input_size, train_and_test_hands
+from distsim.hands.task import default_input_size, train_and_test
 from shards.cli import main as shards_main
 
 TINY = ["--width", "8", "--depth", "1", "--batch-size", "8", "--num-workers", "0"]
@@ -83,8 +83,8 @@ def test_evaluate_hands_writes_report_and_plot(
 def test_resized_input_maps_predictions_back(sets: dict[str, Path]) -> None:
     # A 40 px network input for 32 px crops: the error is still measured in crop pixels.
     kwargs = {"width": 8, "depth": 1, "batch_size": 8, "num_workers": 0, "steps": 0}
-    plain = train_and_test_hands(sets["train"], sets["test"], **kwargs)
-    resized = train_and_test_hands(sets["train"], sets["test"], input_size=40, **kwargs)
+    plain = train_and_test(sets["train"], sets["test"], **kwargs)
+    resized = train_and_test(sets["train"], sets["test"], input_size=40, **kwargs)
     assert resized["config"]["heatmap_size"] == 10
     # An untrained net predicts near the same place in network pixels; mapped back it is
     # within the crop either way (errors below the crop's diagonal at 224 scale).

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from distsim import checkpoint as ckpt_mod
-from distsim.checkpoint import list_checkpoints, load_state, verify_checkpoint
+from distsim.checkpoints import store as ckpt_mod
+from distsim.checkpoints.store import list_checkpoints, load_state, verify_checkpoint
 from distsim.refine import main as refine_main
 from distsim.train import EXIT_PREEMPTED, main
+from tests.helpers import saved_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,7 +97,7 @@ def test_resume_keeps_the_runs_settings_unless_given_and_lists_what_was_given(tm
     out = capsys.readouterr().out
     assert "changed: steps 4 -> 6" in out and "keep_checkpoints" not in out
     assert [c.name for c in list_checkpoints(tmp_path / "run")][:4] == kept  # nothing deleted
-    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config = saved_settings(tmp_path / "run" / "config.json")
     assert (config["keep_checkpoints"], config["lambda_reg"], config["steps"]) == (0, 0.25, 6)
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from distsim.metrics import MeanJointError, WithinPixels, joint_errors_px
+from distsim.hands.metrics import MeanJointError, WithinPixels, joint_errors_px
 
 J = 14
 N = 45

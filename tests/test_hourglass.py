@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from distsim.data.depth import depth_to_unit
-from distsim.handaug import (
-    invert,
-    random_affine,
-    resize_affine,
-    transform_points,
-    warp,
-)
-from distsim.hourglass import (
+from distsim.hands.augment import invert, random_affine, resize_affine, transform_points, warp
+from distsim.hands.hourglass import (
     Hourglass,
     StackedHourglass,
     decode_heatmaps,
@@ -134,7 +128,7 @@ def test_rotation_direction_and_identity() -> None:
     size = 31
     images = _marker_images(size, np.array([[25, 15]]))
     quarter = torch.tensor([[[0.0, 1.0, 0.0], [-1.0, 0.0, 30.0]]])  # angle pi/2 about 15, 15
-    from distsim.handaug import _similarity
+    from distsim.hands.augment import _similarity
 
     built = _similarity(torch.tensor([math.pi / 2]), torch.ones(1), torch.zeros(1, 2), size, size)
     torch.testing.assert_close(built, quarter, atol=1e-5, rtol=0)

@@ -3,7 +3,6 @@ the SLURM scripts' preemption path (SIGUSR1 -> SIGTERM to the step -> requeue) r
 stand-ins for srun, scontrol and accelerate, since there is no SLURM here."""
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from distsim.config import make_config
+from tests.helpers import saved_settings
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch"
@@ -59,11 +59,11 @@ def test_local_multinode_trains_two_nodes_of_two(tmp_path):
     assert not noise, proc.stdout[-6000:]
 
     cfg = make_config("smoke")
-    total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
+    total = cfg.schedule.pretrain_r_steps + cfg.schedule.pretrain_d_steps + cfg.schedule.steps
     state_file = run_dir / "checkpoints" / f"step-{total:08d}" / "state.pt"
     assert state_file.is_file(), sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert torch.load(state_file, map_location="cpu", weights_only=True)["world_size"] == 4
-    assert json.loads((run_dir / "config.json").read_text())["preset"] == "smoke"
+    assert saved_settings(run_dir / "config.json")["preset"] == "smoke"
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from distsim.metrics import MeanAngularError, WithinAngle, angular_error_deg
+from distsim.gaze.metrics import MeanAngularError, WithinAngle, angular_error_deg
 from shards.gaze import angular_error_deg as angular_error_deg_np
 
 THRESHOLDS = list(range(1, 21))

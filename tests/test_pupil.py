@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from distsim.pupil import locate_pupil, pupil_shift
+from distsim.gaze.pupil import locate_pupil, pupil_shift
 from shards.sim.eyes import generate
 
 

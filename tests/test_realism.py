@@ -7,11 +7,17 @@ import json
 import pytest
 import torch
 
-from distsim.checkpoint import best_checkpoint, list_checkpoints, realism_scores
+from distsim.checkpoints.realism import (
+    MAX_PUPIL_SHIFT,
+    RealismProbe,
+    select_checkpoint,
+    two_sample_test,
+)
+from distsim.checkpoints.store import best_checkpoint, list_checkpoints, realism_scores
 from distsim.config import make_config
-from distsim.realism import MAX_PUPIL_SHIFT, RealismProbe, select_checkpoint, two_sample_test
+from distsim.gaze.pupil import pupil_scores
 from distsim.refine import main as refine_main
-from distsim.train import training_loop
+from distsim.training.loop import training_loop
 from shards.format import read_manifest
 from shards.sim import eyes
 from tests.test_train import _scalars
@@ -39,7 +45,7 @@ def test_two_sample_test_separates_domains_and_not_samples():
 
 def test_probe_scores_refined_against_the_synthetic_reference():
     syn, real = _eyes("synthetic", 128, 4), _eyes("real", 128, 5)
-    probe = RealismProbe(syn, real, seed=0)
+    probe = RealismProbe(syn, real, seed=0, label_shift=pupil_scores)
     identity = probe.score(syn.clone())
     assert identity["c2st_refined"] == identity["c2st_synthetic"]  # same images, same test
     assert identity["pupil_shift_px"] == 0.0
@@ -75,7 +81,7 @@ def test_training_scores_checkpoints_keeps_the_best_and_refine_takes_it(tmp_path
         "smoke", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
         progress=False, realism_images=64, steps=9, ckpt_every=2, keep_checkpoints=1,
     )  # fmt: skip
-    run = training_loop(cfg)
+    run = training_loop(cfg, label_shift=pupil_scores)
     assert "scoring took" in capsys.readouterr().out
     scores = realism_scores(run)
     kept = [c.name for c in list_checkpoints(run)]
@@ -104,7 +110,7 @@ def test_training_scores_checkpoints_keeps_the_best_and_refine_takes_it(tmp_path
 def test_refine_best_without_scores_is_one_line(tmp_path, capsys):
     cfg = make_config("smoke", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
                       progress=False)  # fmt: skip
-    run = training_loop(cfg)
+    run = training_loop(cfg, label_shift=pupil_scores)
     syn = tmp_path / "cache" / "sim-eyes-v3-synthetic-n512-s0"
     args = ["--run", str(run), "--input", str(syn), "--out", str(tmp_path / "o"), "--checkpoint",
             "best"]  # fmt: skip

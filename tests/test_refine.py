@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from distsim.checkpoint import latest_checkpoint, load_models, resolve_checkpoint
+from distsim.checkpoints.models import load_models
+from distsim.checkpoints.refine import PARTS_DIR, refine_shards
+from distsim.checkpoints.store import latest_checkpoint, resolve_checkpoint
 from distsim.config import make_config
 from distsim.data.pixels import from_unit_range, to_unit_range
-from distsim.refine import PARTS_DIR, main, refine_shards
-from distsim.train import training_loop
+from distsim.refine import main
+from distsim.training.loop import training_loop
 from shards.cli import main as shards_main
 from shards.format import MANIFEST_NAME, file_sha256, read_manifest
 from shards.writer import ShardSetWriter

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from distsim.report import main
+from tests.helpers import saved_settings
 
 
 def _rows(table: str) -> list[str]:
@@ -54,7 +55,7 @@ def test_report_runs_every_row_and_seed(tmp_path, capsys):
     assert re.search(r"^adversarial: (\d+)/\1 updates \(100%\)", err, re.MULTILINE)  # SimGAN
     # Extra SimGAN flags reach every run; the variant and the seed still win.
     for name, history, seed in (("run-simgan-s1", True, 1), ("run-no-history-s0", False, 0)):
-        cfg = json.loads((out / "work" / name / "config.json").read_text())
+        cfg = saved_settings(out / "work" / name / "config.json")
         assert (cfg["lr_d"], cfg["k_g"], cfg["history"], cfg["seed"]) == (0.002, 1, history, seed)
 
 
@@ -106,7 +107,7 @@ def test_report_reuses_finished_rows_and_refuses_other_settings(tmp_path, capsys
 
 
 def test_report_that_dies_before_a_seed_still_guards_its_work(tmp_path, monkeypatch, capsys):
-    import distsim.report as report
+    from distsim.gaze import report
 
     out = tmp_path / "report"
     base = ["gaze", "--out", str(out), "--preset", "smoke", "--seeds", "0", "--domains", "real",
@@ -159,8 +160,8 @@ def test_report_over_two_domains_shares_the_synthetic_rows_and_scores_realism(tm
         assert 0 <= realism["final"]["c2st_refined"] <= 1 and realism["best"]["checkpoint"]
         # The weight average is what refine uses; the last weights make their own row.
         assert here["rows"]["refined (last weights)"] != here["rows"]["refined"]
-        cfg = json.loads((out / "work" / f"run-simgan-{'' if domain == 'real' else domain + '-'}"
-                          f"s0" / "config.json").read_text())  # fmt: skip
+        cfg = saved_settings(out / "work" / f"run-simgan-{'' if domain == 'real' else domain + '-'}"
+                          f"s0" / "config.json")  # fmt: skip
         assert cfg["builtin_real"] == domain
     table = (out / "table.md").read_text()
     assert "**real**" in table and "**real-ir**" in table and "1 seed(s)." in table
@@ -199,7 +200,7 @@ def _save_many(out: str, seed: int, domain: str, rows: int) -> None:
     import argparse
     from pathlib import Path
 
-    from distsim.report import save_report
+    from distsim.tables.store import save_report
 
     args = argparse.Namespace(**{k: "x" for k in ROW_KEYS}, seeds=[seed])
     results = {seed: {"seed": seed, "domains": {domain: {"rows": {}}}}}
@@ -214,7 +215,7 @@ def test_report_processes_sharing_an_out_merge_under_the_lock(tmp_path):
     import argparse
     import multiprocessing
 
-    from distsim.report import finished_seeds, save_report
+    from distsim.tables.store import finished_seeds, save_report
 
     out = tmp_path / "report"
     out.mkdir()

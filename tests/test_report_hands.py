@@ -6,9 +6,10 @@ import json
 import pytest
 from PIL import Image
 
-from distsim import report_hands
+from distsim.hands import report as report_hands
+from distsim.hands.report import ROWS
 from distsim.report import main
-from distsim.report_hands import ROWS
+from tests.helpers import saved_settings
 
 # The smoke preset on 32 px built-in hands: SimGAN in a few steps.
 HANDS = "--builtin-sim hands --builtin-size 32 --builtin-count 48 --disc-arch hands --psi identity"
@@ -69,7 +70,7 @@ def test_hands_report_runs_every_row_and_seed_then_reuses_them(tmp_path, capsys,
         # Every set is a different simulator stream: test crops are no training crops.
         sources = {here["rows"][n]["test_source"]["seed"] for n in ROWS}
         assert sources == {5000 + s}
-        cfg = json.loads((out / "work" / f"run-simgan-s{s}" / "config.json").read_text())
+        cfg = saved_settings(out / "work" / f"run-simgan-s{s}" / "config.json")
         assert (cfg["seed"], cfg["builtin_sim"], cfg["history_size"]) == (s, "hands", 32)
     assert Image.open(out / "within_pixels.png").size[0] > 300
     assert "distsim.report: seed 1: row 'refined 3x' (48 crops of refined-s1)" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -12,12 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distsim import checkpoint as ckpt_mod
-from distsim.checkpoint import latest_checkpoint, list_checkpoints, load_state
-from distsim.config import make_config
+from distsim.checkpoints import store as ckpt_mod
+from distsim.checkpoints.store import latest_checkpoint, list_checkpoints, load_state
+from distsim.config import load_config, make_config
 from distsim.data.pixels import CODE_LEVELS
 from distsim.gan.history import HistoryBuffer, state_images
-from distsim.train import main, training_loop
+from distsim.train import main
+from distsim.training.loop import training_loop
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,7 +69,7 @@ def test_stop_and_resume_equals_never_stopping(tmp_path, capsys):
     straight = training_loop(_cfg(tmp_path, "straight"))
     part = _cfg(tmp_path, "parts", steps=3)
     training_loop(part)
-    assert [p.name for p in list_checkpoints(part.run_dir)] == ["step-00000007"]
+    assert [p.name for p in list_checkpoints(part.outputs.run_dir)] == ["step-00000007"]
     # The same checkpoint with its buffer in the full-precision form of older checkpoints.
     shutil.copytree(tmp_path / "parts", tmp_path / "old")
     _as_full_precision_buffer(latest_checkpoint(tmp_path / "old"))
@@ -201,3 +203,56 @@ def test_fp16_on_cpu_is_refused_with_a_clear_message(tmp_path):
     )
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and "fp16 needs a CUDA device" in err[-1], err
+
+
+def _as_version_0_1_config(run_dir: Path, **settings) -> None:
+    """Rewrite a run's config.json files as distsim 0.1.0 wrote them (one flat object, the
+    settings it had then), with the checkpoints' SHA256SUMS to match."""
+    old = json.loads((REPO / "tests" / "data" / "config-0.1.0-smoke.json").read_text())
+    now = load_config(run_dir / "config.json")
+    old |= {k: v for k, v in now.flat().items() if k in old} | settings
+    text = json.dumps(old, indent=2, sort_keys=True)
+    (run_dir / "config.json").write_text(text)
+    for ckpt in list_checkpoints(run_dir):
+        (ckpt / "config.json").write_text(text)
+        sums = [line for line in (ckpt / ckpt_mod.CHECKSUMS).read_text().splitlines()
+                if not line.endswith("  config.json")]  # fmt: skip
+        sums.append(f"{ckpt_mod.file_sha256(ckpt / 'config.json')}  config.json")
+        (ckpt / ckpt_mod.CHECKSUMS).write_text("\n".join(sorted(sums, key=lambda s: s[66:])) + "\n")
+
+
+def test_a_run_from_before_the_config_groups_resumes_and_refines(tmp_path, capsys):
+    from distsim.refine import main as refine_main
+
+    run = training_loop(_cfg(tmp_path, "old", steps=3, ckpt_every=3))
+    _as_version_0_1_config(run)
+    assert "refiner_width" in json.loads((run / "config.json").read_text())  # flat, as then
+    flags = ["--run-dir", str(run), "--resume", "auto", "--steps", "5", "--no-progress"]
+    assert main(flags) == 0
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "changed: steps 3 -> 5" in out
+    assert load_state(run)["counters"]["step"] == 9
+    assert load_config(run / "config.json").schedule.steps == 5  # written in today's form
+    _as_version_0_1_config(run)
+    refined = tmp_path / "refined"
+    syn = load_config(run / "config.json")
+    assert refine_main(["--run", str(run), "--input", _builtin_synthetic(syn), "--out",
+                        str(refined), "--no-progress"]) == 0  # fmt: skip
+    assert (refined / "manifest.json").is_file()
+    # A run made with a setting distsim no longer has: one line, saying which and why.
+    _as_version_0_1_config(run, refiner_highpass=2.0)
+    capsys.readouterr()
+    assert main(flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--refiner-highpass 2.0, which distsim no longer has" in err and "\n" not in err
+    assert refine_main(["--run", str(run), "--input", _builtin_synthetic(syn), "--out",
+                        str(tmp_path / "again"), "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert "--refiner-highpass 2.0, which distsim no longer has" in err and "\n" not in err
+
+
+def _builtin_synthetic(cfg) -> str:
+    from distsim.data import builtin_shards_name
+
+    name = builtin_shards_name("eyes", "synthetic", cfg.data.builtin_count, cfg.data.builtin_seed)
+    return str(Path(cfg.data.cache_dir) / name)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from distsim import data
-from distsim.checkpoint import has_ema, load_models, load_weights
+from distsim.checkpoints.models import load_models
+from distsim.checkpoints.store import has_ema, load_weights
 from distsim.config import make_config
 from distsim.data.pixels import to_unit_range
 from distsim.gan.discriminator import Discriminator
@@ -21,7 +22,7 @@ from distsim.gan.noise import indexed_noise
 from distsim.gan.refiner import LocalRangeDropout, Refiner
 from distsim.gan.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 from distsim.refine import main as refine_main
-from distsim.train import training_loop
+from distsim.training.loop import training_loop
 from tests.test_train import _scalars
 
 
@@ -122,7 +123,7 @@ def test_ema_and_noise_inputs_train_save_and_refine_deterministically(tmp_path, 
     pairs = zip(raw.state_dict().values(), averaged.state_dict().values(), strict=True)
     assert any(not torch.equal(a, b) for a, b in pairs)
     # The noise matters: the same image with two noise draws refines differently.
-    syn = Path(cfg.cache_dir) / "sim-eyes-v3-synthetic-n512-s0"
+    syn = Path(cfg.data.cache_dir) / "sim-eyes-v3-synthetic-n512-s0"
     x = to_unit_range(data.first_images(syn, 4))
     with torch.no_grad():
         a, b = raw(x, torch.randn(4, 1, 35, 55)), raw(x, torch.randn(4, 1, 35, 55))

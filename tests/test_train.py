@@ -1,7 +1,6 @@
 """End-to-end smoke training on tiny built-in shards: one process in-process, two through
 `accelerate launch` with gloo on the CPU."""
 
-import json
 import math
 import os
 import subprocess
@@ -15,10 +14,13 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from distsim import data
-from distsim.checkpoint import list_checkpoints, load_models, load_state
+from distsim.checkpoints.models import load_models
+from distsim.checkpoints.store import list_checkpoints, load_state
 from distsim.config import make_config
 from distsim.data.pixels import to_unit_range
-from distsim.train import main, training_loop
+from distsim.train import main
+from distsim.training.loop import training_loop
+from tests.helpers import saved_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,7 +33,7 @@ def _scalars(run_dir: Path) -> dict[str, list[float]]:
 
 def _check_run(run_dir: Path, cfg_steps: int, cache: Path) -> None:
     total = cfg_steps
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = saved_settings(run_dir / "config.json")
     assert saved["preset"] == "smoke" and saved["run_dir"] == str(run_dir)
 
     scalars = _scalars(run_dir)
@@ -63,7 +65,9 @@ def _check_run(run_dir: Path, cfg_steps: int, cache: Path) -> None:
 
     # The saved refiner loads back and changes the images it is given.
     refiner, _, cfg = load_models(run_dir)
-    syn_dir = data.ensure_builtin_shards("synthetic", cfg.builtin_count, cfg.builtin_seed, cache)
+    syn_dir = data.ensure_builtin_shards(
+        "synthetic", cfg.data.builtin_count, cfg.data.builtin_seed, cache
+    )
     loader = data.make_loader(syn_dir, 16, rank=0, world_size=1, seed=0, num_workers=0)
     x = to_unit_range(next(iter(loader))["image"])
     with torch.no_grad():
@@ -76,7 +80,7 @@ def test_smoke_training_single_process(tmp_path, capsys):
     cache = tmp_path / "cache"
     cfg = make_config("smoke", run_dir=str(tmp_path / "run"), cache_dir=str(cache), progress=False)
     run_dir = training_loop(cfg)
-    total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
+    total = cfg.schedule.pretrain_r_steps + cfg.schedule.pretrain_d_steps + cfg.schedule.steps
     _check_run(run_dir, total, cache)
     # The run explains itself at the end: losses, D, where the pictures and weights are.
     out = capsys.readouterr().out
@@ -207,13 +211,13 @@ def test_smoke_training_two_processes_gloo(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = make_config("smoke")
-    total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
+    total = cfg.schedule.pretrain_r_steps + cfg.schedule.pretrain_d_steps + cfg.schedule.steps
     _check_run(run_dir, total, cache)
     assert load_state(run_dir)["world_size"] == 2
     # Two ranks each push b/2 per D step: the buffer holds 2 * b/2 per D step taken.
-    d_steps = cfg.pretrain_d_steps + cfg.steps * cfg.k_d
+    d_steps = cfg.schedule.pretrain_d_steps + cfg.schedule.steps * cfg.schedule.k_d
     assert load_state(run_dir)["history"]["count"] == min(
-        cfg.history_size, d_steps * cfg.batch_size
+        cfg.history.size, d_steps * cfg.schedule.batch_size
     )
 
 
@@ -255,7 +259,7 @@ def test_global_adversarial_ablation_trains(tmp_path):
     assert all(math.isfinite(v) for v in scalars["r_adv"] + scalars["d_loss"])
     # One decision per image: D's accuracy is a fraction of the 8 images of a batch.
     assert all(abs(v * 8 - round(v * 8)) < 1e-5 for v in scalars["d_acc_real"])
-    assert json.loads((run_dir / "config.json").read_text())["adversarial"] == "global"
+    assert saved_settings(run_dir / "config.json")["adversarial"] == "global"
 
 
 def test_colour_images_train_with_channel_mean_psi(tmp_path):

@@ -1,27 +1,21 @@
 """Training on depth hands: uint16 normalisation, invalid pixels, presets, and a smoke run on
 the built-in hand simulator (checkpoints, colour grids, resume)."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from distsim import data
-from distsim.checkpoint import (
-    best_checkpoint,
-    list_checkpoints,
-    load_models,
-    load_state,
-    read_json,
-)
+from distsim.checkpoints.models import load_models
+from distsim.checkpoints.store import best_checkpoint, list_checkpoints, load_state, read_json
 from distsim.config import HAND_REAL_DOMAINS, PRESETS, make_config
 from distsim.data.depth import codes_to_unit, fill_invalid, fill_passes, unit_to_codes
 from distsim.data.pixels import to_unit_range
 from distsim.gan.discriminator import Discriminator
-from distsim.train import training_loop
+from distsim.training.loop import training_loop
 from shards.sim import hands
+from tests.helpers import saved_settings
 
 
 def test_uint16_depth_maps_linearly_onto_unit_range() -> None:
@@ -93,10 +87,10 @@ def test_hand_presets_validate_and_their_discriminator_has_patches() -> None:
     assert HAND_REAL_DOMAINS == hands.REAL_DOMAINS
     for name in ("hands", "hands-cpu"):
         cfg = make_config(name)
-        assert cfg.builtin_sim == "hands" and cfg.psi == "identity"
-        assert cfg.refiner_output == "local_range"
-        d = Discriminator(1, cfg.disc_widths, cfg.disc_arch)
-        side = cfg.builtin_size
+        assert cfg.data.builtin_sim == "hands" and cfg.optim.psi == "identity"
+        assert cfg.refiner.output == "local_range"
+        d = Discriminator(1, cfg.discriminator.widths, cfg.discriminator.arch)
+        side = cfg.data.builtin_size
         logits = d(torch.zeros(1, 1, side, side))
         assert logits.shape[2] >= 2 and logits.shape[3] >= 2, (name, logits.shape)
     paper = PRESETS["hands"]
@@ -125,8 +119,8 @@ def _hand_cfg(tmp_path, **overrides):
 def test_hand_smoke_run_writes_colour_grids_and_resumes(tmp_path) -> None:
     cfg = _hand_cfg(tmp_path, realism_images=8)
     run_dir = training_loop(cfg)
-    total = cfg.pretrain_r_steps + cfg.pretrain_d_steps + cfg.steps
-    saved = json.loads((run_dir / "config.json").read_text())
+    total = cfg.schedule.pretrain_r_steps + cfg.schedule.pretrain_d_steps + cfg.schedule.steps
+    saved = saved_settings(run_dir / "config.json")
     assert saved["builtin_sim"] == "hands" and saved["builtin_size"] == 32
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
         f"sim-hands-v{hands.SIM_VERSION}-{d}-32px-n48-s0" for d in ("real", "synthetic")
@@ -145,7 +139,7 @@ def test_hand_smoke_run_writes_colour_grids_and_resumes(tmp_path) -> None:
     assert len(colours) > 50  # a colour map, not grey
 
     # Resume for two more adversarial steps: it continues from the saved counters.
-    more = training_loop(_hand_cfg(tmp_path, steps=cfg.steps + 2, resume="auto"))
+    more = training_loop(_hand_cfg(tmp_path, steps=cfg.schedule.steps + 2, resume="auto"))
     assert load_state(more)["counters"]["step"] == total + 2
 
 
@@ -156,7 +150,7 @@ def test_hand_run_with_drop_outs_trains_and_its_checkpoint_refines_with_them(tmp
     cfg = _hand_cfg(tmp_path, refiner_output="local_range", refiner_noise=1, refiner_dropout=True)
     run_dir = training_loop(cfg)
     refiner, _, saved = load_models(list_checkpoints(run_dir)[-1])
-    assert saved.refiner_dropout and refiner.head.out_channels == 2
+    assert saved.refiner.dropout and refiner.head.out_channels == 2
     assert type(refiner.output).__name__ == "LocalRangeDropout"
     x = torch.ones(4, 1, 32, 32)
     x[:, :, 8:24, 8:24] = 0.0  # a surface with edges

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from distsim.gan.blur import gaussian_blur
 from distsim.gan.discriminator import REAL, REFINED
 
 Psi = Callable[[torch.Tensor], torch.Tensor]
@@ -43,18 +44,6 @@ def psi_standardized(x: torch.Tensor) -> torch.Tensor:
 _SMOOTH_SIGMA = 1.0  # px
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur, reflect-padded: (B, C, H, W) -> (B, C, H, W)."""
-    radius = max(1, round(3 * sigma))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-(t * t) / (2 * sigma * sigma))
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def psi_smooth(x: torch.Tensor) -> torch.Tensor:
     """``psi_standardized`` of the image blurred by a 1 px Gaussian: (B, C, H, W) -> same.
 
@@ -62,7 +51,7 @@ def psi_smooth(x: torch.Tensor) -> torch.Tensor:
     off white noise), which a refiner with noise inputs needs to match a noisy real domain,
     while shapes a pixel or more across, such as a pupil's position, stay priced.
     """
-    return psi_standardized(_gaussian_blur(x.float(), _SMOOTH_SIGMA))
+    return psi_standardized(gaussian_blur(x.float(), _SMOOTH_SIGMA))
 
 
 PSI: dict[str, Psi] = {

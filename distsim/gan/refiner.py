@@ -72,7 +72,7 @@ class LocalRange(nn.Module):
     starts_as_identity = True
     needs_noise = False
 
-    def __init__(self, window: int = 3, slack: float = 0.05) -> None:
+    def __init__(self, window: int = 3, slack: float = 0.02) -> None:
         super().__init__()
         if window < 1 or window % 2 == 0:
             raise ValueError(f"window must be odd and positive, got {window}")
@@ -145,7 +145,7 @@ RefinerOutput = Tanh | LocalRange
 OUTPUTS: dict[str, type[Tanh] | type[LocalRange]] = {"tanh": Tanh, "local_range": LocalRange}
 
 
-def make_output(name: str, *, window: int = 3, slack: float = 0.05, dropout: bool = False
+def make_output(name: str, *, window: int = 3, slack: float = 0.02, dropout: bool = False
                 ) -> RefinerOutput:  # fmt: skip
     """The output head called `name`, with drop-outs when `dropout` (local_range only)."""
     if name not in OUTPUTS:

@@ -1,5 +1,5 @@
-"""Train a tiny gaze estimator through ``distsim.fit.fit`` with the DeepSpeed hook, on fixed
-global batches, and save what it learned: the DeepSpeed side of tests/test_deepspeed.py.
+"""Train a tiny gaze estimator through ``distsim.estimation.fit.fit`` with the DeepSpeed hook,
+on fixed global batches, and save what it learned: the DeepSpeed side of tests/test_deepspeed.py.
 
     python tests/scripts/deepspeed_fit.py CONFIG OUT_DIR                          # 1 process
     torchrun --standalone --nproc-per-node W tests/scripts/deepspeed_fit.py CONFIG OUT_DIR
@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from distsim.estimators import GazeEstimator, gaze_loss  # noqa: E402
+from distsim.gaze.estimator import GazeEstimator, gaze_loss  # noqa: E402
 
 GLOBAL_BATCH, STEPS, WIDTH, LR, SEED = 16, 6, 0.25, 1e-3, 0
 
@@ -45,8 +45,8 @@ def estimator() -> tuple[GazeEstimator, torch.optim.Optimizer]:
 
 
 def main() -> None:
-    from distsim import zero
-    from distsim.fit import fit
+    from distsim.estimation import deepspeed as zero
+    from distsim.estimation.fit import fit
 
     config_path, out = sys.argv[1], Path(sys.argv[2])
     torch.set_num_threads(1)

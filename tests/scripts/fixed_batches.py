@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from distsim.config import resolve  # noqa: E402
-from distsim.train import make_accelerator, training_loop  # noqa: E402
+from distsim.distributed.launch import make_accelerator  # noqa: E402
+from distsim.training.loop import training_loop  # noqa: E402
 
 SHAPE = (1, 35, 55)
 

@@ -6,9 +6,10 @@
     accelerate launch --config_file launch/accelerate_deepspeed.yaml -m distsim.evaluate gaze ...
 
 (the last: an Accelerate config whose ``deepspeed_config_file`` names the JSON says the same as
-the flag). ``DeepSpeed`` is a ``distsim.fit.Prepare`` hook, so every estimator trained by
-``distsim.fit.fit`` gets it. The GAN trainer keeps plain DDP (README: "Why the GAN trainer
-keeps plain DDP").
+the flag). ``DeepSpeed`` is a ``distsim.estimation.fit.Prepare`` hook, so every estimator
+trained by ``distsim.estimation.fit.fit`` gets it. The GAN trainer keeps plain DDP: its two
+players' losses run through each other, which one DeepSpeed engine per model does not serve,
+and ZeRO would save a few MiB there (``benchmarks/zero_savings.py``).
 
 What the estimator needs from the JSON, checked before Accelerate starts (one-line ValueError):
 - No "optimizer" or "scheduler": the estimator's own (--optimizer, --lr) is used.
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from distsim.fit import Prepared
+from distsim.estimation.fit import Prepared
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -191,8 +192,8 @@ def make_accelerator(
 
 
 class DeepSpeed:
-    """``distsim.fit.Prepare`` through ``accelerator``'s DeepSpeed plugin: the loop calls the
-    DeepSpeed engine, ``accelerator.backward`` runs the engine's backward and step, and
+    """``distsim.estimation.fit.Prepare`` through ``accelerator``'s DeepSpeed plugin: the loop
+    calls the DeepSpeed engine, ``accelerator.backward`` runs the engine's backward and step, and
     ``finish`` gathers the float32 weights into the bare model. Accelerate takes one model per
     Accelerator under DeepSpeed, so one ``DeepSpeed`` trains one estimator."""
 

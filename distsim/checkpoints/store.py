@@ -16,7 +16,6 @@ later loses bytes (a full disk, a bad copy, a truncated transfer) is found out b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -29,9 +28,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from distsim.config import Config, load_config
-from distsim.gan.discriminator import Discriminator
-from distsim.gan.refiner import Refiner, make_output
+from distsim.checkpoints.realism import select_checkpoint
+from distsim.config import Config
+from shards.format import file_sha256
 
 PREFIX = "step-"
 
@@ -55,7 +54,7 @@ def save_checkpoint(
     protect: Path | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically and keep only the newest `keep` (0: keep all), the
-    one with the best realism score (``distsim.realism.select_checkpoint``), which
+    one with the best realism score (``distsim.checkpoints.realism.select_checkpoint``), which
     ``refine --checkpoint best`` takes, and `protect` (the checkpoint a run resumed from,
     until it has saved one of its own).
 
@@ -129,14 +128,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_checkpoint(ckpt: str | Path) -> str | None:
     """None if every file the checkpoint's SHA256SUMS lists is there with that checksum (or,
     for a checkpoint from before checksums, if its files are there); else what is wrong."""
@@ -170,8 +161,7 @@ def realism_scores(run_dir: str | Path) -> dict[str, dict[str, float]]:
 
 
 def best_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint ``distsim.realism.select_checkpoint`` picks, or None if none is scored."""
-    from distsim.realism import select_checkpoint
+    """The checkpoint ``realism.select_checkpoint`` picks, or None if none is scored."""
 
     name = select_checkpoint(realism_scores(run_dir))
     return checkpoint_root(run_dir) / name if name is not None else None
@@ -206,18 +196,6 @@ def image_shape(path: str | Path) -> tuple[int, int, int]:
     meta = read_json(resolve_checkpoint(path) / "meta.json")
     c, h, w = meta["image_shape"]
     return int(c), int(h), int(w)
-
-
-def load_models(path: str | Path, *, ema: bool = False) -> tuple[Refiner, Discriminator, Config]:
-    """Rebuild R and D from a checkpoint's own config and load their weights (on the CPU).
-    With `ema`, R gets the weight average when the checkpoint has one."""
-    ckpt = resolve_checkpoint(path)
-    cfg = load_config(ckpt / "config.json")
-    refiner, discriminator = build_models(cfg, image_shape(ckpt)[0])
-    load_weights(ckpt, refiner, discriminator)
-    if ema and has_ema(ckpt):
-        load_weights(ckpt, refiner, None, refiner_file="refiner_ema")
-    return refiner, discriminator, cfg
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
@@ -299,15 +277,6 @@ def load_weights(
 
 def has_ema(path: str | Path) -> bool:
     return (resolve_checkpoint(path) / "refiner_ema.safetensors").is_file()
-
-
-def build_models(cfg: Config, channels: int) -> tuple[Refiner, Discriminator]:
-    output = make_output(cfg.refiner_output, window=cfg.refiner_window,
-                         slack=cfg.refiner_slack, dropout=cfg.refiner_dropout)  # fmt: skip
-    refiner = Refiner(channels, cfg.refiner_width, cfg.refiner_blocks, cfg.refiner_kernel,
-                      cfg.refiner_noise, output)  # fmt: skip
-    discriminator = Discriminator(channels, cfg.disc_widths, cfg.disc_arch)
-    return refiner, discriminator
 
 
 def read_json(path: str | Path) -> Any:

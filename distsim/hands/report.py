@@ -12,7 +12,7 @@ SimGAN preset's crop size, on simulator seeds that neither SimGAN's built-in sha
 nor `experiments/hand_gap.py` (100-102) use. Train SimGAN once on the built-in synthetic and
 unlabelled real shards, refine the synthetic crops with its final refiner (the weight average
 when the run keeps one), and train the stacked-hourglass estimator
-(`distsim.evaluate_hands`, CPU size by default: 2 stacks of width 32 and depth 2, stride-4
+(`distsim.hands.task`, CPU size by default: 2 stacks of width 32 and depth 2, stride-4
 stem, 2,400 steps of 16) on each row's crops, testing it on the held-out real ones. Rows:
 "synthetic", "refined" and "real" (the first `train-count` crops of each set) and "synthetic
 3x" and "refined 3x" (all `3 * train-count`). With `--estimator-seeds K` each row is the
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import shlex
 import statistics
@@ -47,8 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from distsim.config import Config, resolve
-from distsim.evaluate_hands import plot_within_pixels, train_and_test_hands
-from distsim.report import _spread, finished_seeds, save_report, say, train_and_refine
+from distsim.hands.task import plot_within_pixels, train_and_test
+from distsim.tables.rows import PROG, say, spread, train_and_refine
+from distsim.tables.store import finished_seeds, save_report
 from shards.cliutil import one_line, positive_int
 from shards.sources.sim_hands import convert_sim_hands
 
@@ -119,16 +119,17 @@ def simgan_config(args: argparse.Namespace) -> Config:
             cfg = resolve(flags)
     except SystemExit:  # argparse's usage and message: keep the message
         raise ValueError(f"--simgan-flags: {said.getvalue().strip().splitlines()[-1]}") from None
-    if cfg.builtin_sim != "hands" or cfg.synthetic:
+    if cfg.data.builtin_sim != "hands" or cfg.data.synthetic:
         raise ValueError(
-            f"--preset {args.preset} trains on {cfg.synthetic or cfg.builtin_sim}, not the "
-            "built-in hands; use --preset hands-cpu or hands"
+            f"--preset {args.preset} trains on {cfg.data.synthetic or cfg.data.builtin_sim}, "
+            "not the built-in hands; use --preset hands-cpu or hands"
         )
-    heat = cfg.builtin_size // args.stem_stride
-    if cfg.builtin_size % args.stem_stride or heat % 2**args.estimator_depth:
+    heat = cfg.data.builtin_size // args.stem_stride
+    if cfg.data.builtin_size % args.stem_stride or heat % 2**args.estimator_depth:
         raise ValueError(
-            f"{cfg.builtin_size} px crops: need a multiple of --stem-stride {args.stem_stride} "
-            f"whose quotient halves --estimator-depth {args.estimator_depth} times"
+            f"{cfg.data.builtin_size} px crops: need a multiple of --stem-stride "
+            f"{args.stem_stride} whose quotient halves --estimator-depth {args.estimator_depth} "
+            "times"
         )
     if args.estimator_width % 4:
         raise ValueError(f"--estimator-width must be a multiple of 4, got {args.estimator_width}")
@@ -148,14 +149,18 @@ def run_seed(
 ) -> dict[str, Any]:  # fmt: skip
     """Fill one seed's missing rows into `rows` (calling `save()` after each); the SimGAN
     run's checkpoint and directory come back."""
-    n, size = args.train_count, cfg.builtin_size
+    n, size = args.train_count, cfg.data.builtin_size
     syn = hand_set(work / f"synthetic-s{seed}", "synthetic", 3 * n, SYNTHETIC_SEED + seed, size)
     test = hand_set(work / f"real-test-s{seed}", DOMAIN, args.test_count, TEST_SEED + seed, size)
-    run = dataclasses.replace(
-        cfg, seed=seed, run_dir=str(work / f"run-simgan-s{seed}"), cache_dir=str(work / "cache"),
-        progress=True, resume="auto", keep_checkpoints=0,
-    )  # fmt: skip
-    simgan: dict[str, Any] = {"run_dir": run.run_dir}
+    run = cfg.replace(
+        seed=seed,
+        run_dir=str(work / f"run-simgan-s{seed}"),
+        cache_dir=str(work / "cache"),
+        progress=True,
+        resume="auto",
+        keep_checkpoints=0,
+    )
+    simgan: dict[str, Any] = {"run_dir": run.outputs.run_dir}
     for name in args.rows:
         if name in rows:
             continue
@@ -163,7 +168,7 @@ def run_seed(
             train = hand_set(work / f"real-train-s{seed}", DOMAIN, n, REAL_TRAIN_SEED + seed, size)
         elif name.startswith("refined"):
             if "refined" not in simgan:  # once for both refined rows
-                say(f"seed {seed}: SimGAN in {run.run_dir}")
+                say(f"seed {seed}: SimGAN in {run.outputs.run_dir}")
                 simgan["refined"] = str(train_and_refine(run, syn, work / f"refined-s{seed}"))
             train = Path(simgan["refined"])
         else:
@@ -172,7 +177,7 @@ def run_seed(
         say(f"seed {seed}: row '{name}' ({count:,} crops of {train.name})")
         runs = []
         for k in range(args.estimator_seeds):
-            runs.append(train_and_test_hands(
+            runs.append(train_and_test(
                 train, test, steps=args.estimator_steps, batch_size=args.estimator_batch,
                 width=args.estimator_width, depth=args.estimator_depth,
                 stem_stride=args.stem_stride, seed=seed + ESTIMATOR_SEED_STEP * k,
@@ -221,8 +226,8 @@ def summarise(per_seed: list[dict[str, Any]]) -> tuple[str, dict[str, list[float
     curves: dict[str, list[float]] = {}
     for name in ROWS:
         results = [e["domains"][DOMAIN]["rows"][name] for e in per_seed]
-        cells = [_spread([r["within_max_pct"][d] for r in results]) for d in TABLE_PX]
-        error = _spread([r["mean_joint_error_px"] for r in results])
+        cells = [spread([r["within_max_pct"][d] for r in results]) for d in TABLE_PX]
+        error = spread([r["mean_joint_error_px"] for r in results])
         lines.append(f"| {name} | {' | '.join(cells)} | {error} |")
         curves[name] = [statistics.mean(c) for c in zip(*(r["within_max_pct"] for r in results),
                                                       strict=True)]  # fmt: skip
@@ -239,7 +244,7 @@ def summarise(per_seed: list[dict[str, Any]]) -> tuple[str, dict[str, list[float
     return "\n".join(lines) + "\n", curves
 
 
-def run_report(args: argparse.Namespace, prog: str) -> int:
+def run_report(args: argparse.Namespace) -> int:
     """`distsim.report hands`: 0, or 2 with one line on stderr for a bad input."""
     try:
         cfg = simgan_config(args)
@@ -271,7 +276,7 @@ def run_report(args: argparse.Namespace, prog: str) -> int:
         plot_within_pixels(curves, args.out / "within_pixels.png", title=title)
         (args.out / "table.md").write_text(table)
     except (ValueError, FileNotFoundError) as err:
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
     print(table, end="")
     return 0

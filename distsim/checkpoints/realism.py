@@ -4,8 +4,9 @@ Lopez-Paz and Oquab (2017): train a fresh classifier to tell two image sets apar
 of each, and score it on the other half. Held-out accuracy 0.5 means the classifier found
 nothing that tells them apart; 1.0 means they are trivially different. Real vs refined
 against real vs synthetic (the reference) says how much of the gap refinement closed, during
-training and without a single real label. With the pupil shift (how far refinement moved the
-pupil, ``distsim.pupil``; eyes only), it picks a checkpoint: ``select_checkpoint``.
+training and without a single real label. With a label-shift measure of the workload's, such
+as how far refinement moved the pupil (``distsim.gaze.pupil``), it picks a checkpoint:
+``select_checkpoint``.
 
 The classifier is deliberately small and trained briefly (a few seconds on a CPU), so the
 score can be logged during training at a few percent of its time; it is a fresh network each
@@ -17,15 +18,16 @@ run's random streams.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Eye images: the pupil shift is measured only on these (distsim.pupil locates eye pupils).
-EYE_SHAPE = (1, 35, 55)
+# (synthetic, refined) -> scores of how far refinement moved what labels describe, by name;
+# empty for images it cannot measure. Given by the workload (distsim.gaze.pupil).
+LabelShift = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
 # A checkpoint whose refiner moves the located pupil further than this (mean, px) is not
 # picked while another keeps labels: the paper reports 1.1 +- 0.8 px for its refiner.
 MAX_PUPIL_SHIFT = 1.0
@@ -130,10 +132,19 @@ def select_checkpoint(scores: Mapping[str, Mapping[str, Any]]) -> str | None:
 
 
 class RealismProbe:
-    """Fixed synthetic and real images, scored the same way at every checkpoint of a run."""
+    """Fixed synthetic and real images, scored the same way at every checkpoint of a run;
+    with `label_shift`, its scores too."""
 
-    def __init__(self, synthetic: torch.Tensor, real: torch.Tensor, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        synthetic: torch.Tensor,
+        real: torch.Tensor,
+        *,
+        seed: int = 0,
+        label_shift: LabelShift | None = None,
+    ) -> None:
         self.synthetic, self.real, self.seed = synthetic, real, seed
+        self.label_shift = label_shift
         self._reference: dict[str, float] | None = None
 
     @property
@@ -151,8 +162,6 @@ class RealismProbe:
             "c2st_refined_log_loss": test["log_loss"],
             "c2st_synthetic": self.reference["accuracy"],
         }
-        if tuple(refined.shape[1:]) == EYE_SHAPE:
-            from distsim.pupil import pupil_shift
-
-            out["pupil_shift_px"] = pupil_shift(self.synthetic.cpu(), refined.cpu()).mean().item()
+        if self.label_shift is not None:
+            out |= self.label_shift(self.synthetic.cpu(), refined.cpu())
         return out

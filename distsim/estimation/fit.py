@@ -1,15 +1,15 @@
 """The estimators' training loop, and the hook that decides how it runs.
 
-``fit`` trains any estimator (the gaze CNN now, the hand-pose hourglass next) for a number of
-steps on an iterator of ``(input, target)`` batches and a per-sample loss. It does not know
-about ranks, wrappers or engines: a ``Prepare`` hook turns the bare model and its optimizer
-into what the loop calls, and afterwards puts the trained float32 weights back into the bare
-model, which is what every caller tests and saves. Three hooks exist:
+``fit`` trains any estimator (the gaze CNN, the hand-pose hourglass) for a number of steps on an
+iterator of ``(input, target)`` batches and a per-sample loss. It does not know about ranks,
+wrappers or engines: a ``Prepare`` hook turns the bare model and its optimizer into what the
+loop calls, and afterwards puts the trained float32 weights back into the bare model, which is
+what every caller tests and saves. Two hooks exist:
 
 - ``Plain()``: the model itself (one process), or ``Plain(wrap)`` with ``wrap`` e.g. DDP or
   Accelerate's ``prepare_model`` (N processes);
-- ``distsim.zero.DeepSpeed``: Accelerate's DeepSpeed plugin (ZeRO, bf16 on GPUs), chosen
-  with ``evaluate --deepspeed CONFIG``.
+- ``distsim.estimation.deepspeed.DeepSpeed``: Accelerate's DeepSpeed plugin (ZeRO, bf16 on
+  GPUs), chosen with ``evaluate --deepspeed CONFIG``.
 
 So any estimator trained through ``fit`` gets DeepSpeed with no code of its own.
 """
