@@ -35,7 +35,7 @@ from distsim.turing import (
 from shards.sources.sim_eyes import convert_sim_eyes
 from shards.writer import ShardSetWriter
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COUNT, SYNTHETIC_COUNT = 3, 2  # per kind and subject: 6 + 4 trials
 FIELDS = {
     "subject", "condition", "trial", "set", "index", "truth", "answer", "correct", "time",
