@@ -21,17 +21,12 @@ import pytest
 from PIL import Image
 from scipy.stats import binomtest
 
-from distsim import turing
-from distsim.turing import (
-    LOG_NAME,
-    NEUTRAL,
-    Plan,
-    TrialMismatch,
-    TuringError,
-    TuringSession,
-    main,
-    make_server,
-)
+from distsim.turing.cli import main
+from distsim.turing.common import TuringError
+from distsim.turing.images import NEUTRAL, is_depth, to_display
+from distsim.turing.server import TuringServer, make_server
+from distsim.turing.session import LOG_NAME, Plan, Trial, TrialMismatch, TuringSession
+from distsim.turing.stats import confusion, write_summary
 from shards.sources.sim_eyes import convert_sim_eyes
 from shards.writer import ShardSetWriter
 
@@ -115,7 +110,7 @@ def test_summary_reproduces_the_papers_table_1() -> None:
     cells = {("real", "real"): 224, ("real", "refined"): 276}
     cells |= {("refined", "real"): 207, ("refined", "refined"): 293}
     records = [_record("s", "refined", t, a) for (t, a), n in cells.items() for _ in range(n)]
-    table = turing.confusion(records, "refined")
+    table = confusion(records, "refined")
     assert table["matrix"] == [[224, 276], [207, 293]]
     assert (table["trials"], table["correct"], table["accuracy"]) == (1000, 517, 0.517)
     assert round(table["p_value"], 3) == 0.148  # the paper's p: one-sided
@@ -126,7 +121,7 @@ def test_summary_reproduces_the_papers_table_1() -> None:
     ] * 81
     syn += [_record("s", "synthetic", "real", "synthetic")] * 19
     syn += [_record("s", "synthetic", "synthetic", "real")] * 19
-    assert turing.confusion(syn, "synthetic")["p_value"] <= 1e-8
+    assert confusion(syn, "synthetic")["p_value"] <= 1e-8
 
 
 def test_summary_per_subject_and_pooled_by_hand(tmp_path: Path) -> None:
@@ -141,7 +136,7 @@ def test_summary_per_subject_and_pooled_by_hand(tmp_path: Path) -> None:
         ("bo", "synthetic", "synthetic", "synthetic"),
     ]
     records = [_record(*a) for a in answers]
-    summary = turing.write_summary(tmp_path, records)
+    summary = write_summary(tmp_path, records)
     ref, syn = summary["conditions"]["refined"], summary["conditions"]["synthetic"]
     assert ref["all"]["matrix"] == [[2, 1], [1, 2]]
     assert (ref["all"]["correct"], ref["all"]["trials"]) == (4, 6)
@@ -211,7 +206,7 @@ def test_log_format_and_resume_after_restart(sets: dict[str, Path], tmp_path: Pa
     # A new server on the same DIR continues where each subject stopped.
     again = _session(sets, out)
     assert again.records() == session.records()
-    assert again.next_trial("ann") == turing.Trial("refined", 4, *plan["refined"][4])
+    assert again.next_trial("ann") == Trial("refined", 4, *plan["refined"][4])
     assert again.state("bo")["answered"] == 1
     _answer_all(again, "ann", 2)  # the last refined trials, then on to the second condition
     nxt = again.next_trial("ann")
@@ -281,7 +276,7 @@ def test_depth_is_recognised_and_coloured(tmp_path: Path) -> None:
     assert not (rgb[3:] == NEUTRAL).all(axis=-1).any()  # the colour map never gives that grey
     # Deeper is another colour; equal depths the same colour in every set.
     x = np.array([[[0, 600, 600, 1400]]], np.uint16)
-    shown = turing.to_display(x, True, session.limits)
+    shown = to_display(x, True, session.limits)
     assert (shown[0, 1] == shown[0, 2]).all() and (shown[0, 1] != shown[0, 3]).any()
 
     # A set that says it is not depth next to one that looks like depth: the user must choose.
@@ -296,12 +291,12 @@ def test_depth_is_recognised_and_coloured(tmp_path: Path) -> None:
             "M", (), {"source": source, "image_shape": (channels, 8, 8), "image_dtype": dtype}
         )
 
-    assert turing.is_depth(manifest("float32", 1, {}))
-    assert not turing.is_depth(manifest("uint8", 1, {}))
-    assert not turing.is_depth(manifest("uint16", 3, {}))
-    assert turing.is_depth(manifest("uint8", 1, {"modality": "depth"}))
-    assert turing.is_depth(manifest("uint8", 1, {"input_source": {"modality": "depth"}}))
-    assert not turing.is_depth(manifest("uint16", 1, {"modality": "ir"}))
+    assert is_depth(manifest("float32", 1, {}))
+    assert not is_depth(manifest("uint8", 1, {}))
+    assert not is_depth(manifest("uint16", 3, {}))
+    assert is_depth(manifest("uint8", 1, {"modality": "depth"}))
+    assert is_depth(manifest("uint8", 1, {"input_source": {"modality": "depth"}}))
+    assert not is_depth(manifest("uint16", 1, {"modality": "ir"}))
 
 
 def test_grey_images_are_shown_as_stored(sets: dict[str, Path], tmp_path: Path) -> None:
@@ -400,7 +395,7 @@ def test_summary_flag_prints_and_writes(
 
 
 @pytest.fixture
-def server(sets: dict[str, Path], tmp_path: Path) -> Iterator[turing.TuringServer]:
+def server(sets: dict[str, Path], tmp_path: Path) -> Iterator[TuringServer]:
     srv = make_server(_session(sets, tmp_path / "out", default_subject="ann"))
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -429,13 +424,19 @@ def _post(url: str, body: Any) -> tuple[int, Any]:
         return e.code, json.loads(e.read())
 
 
-def test_http_endpoints(server: turing.TuringServer) -> None:
+def test_http_endpoints(server: TuringServer) -> None:
     base = server.url
     status, kind, page = _get(base)
     assert status == 200 and kind.startswith("text/html")
+    status, kind, css = _get(base + "page.css")
+    assert status == 200 and kind.startswith("text/css") and b"image-rendering: pixelated" in css
+    status, kind, js = _get(base + "page.js")
+    assert status == 200 and kind.startswith("text/javascript")
     # Everything the page needs is served here: nothing is fetched from elsewhere.
-    assert b"http://" not in page and b"https://" not in page and b"//cdn" not in page
-    assert b"image-rendering: pixelated" in page and b'"subject": "ann"' in page
+    for text in (page, css, js):
+        assert b"http://" not in text and b"https://" not in text and b"//cdn" not in text
+    status, _, body = _get(base + "api/config")
+    assert status == 200 and json.loads(body) == {"subject": "ann"}
     status, _, body = _get(base + "api/state?subject=ann")
     state = json.loads(body)
     assert status == 200 and state["trial"]["index"] == 0
@@ -501,7 +502,7 @@ def _browser() -> Any:
     return sync_playwright, BROWSER
 
 
-def test_page_in_a_headless_browser(server: turing.TuringServer, tmp_path: Path) -> None:
+def test_page_in_a_headless_browser(server: TuringServer, tmp_path: Path) -> None:
     sync_playwright, executable = _browser()
     session, log = server.session, server.session.log_path
     given: list[str] = []
@@ -585,7 +586,7 @@ def test_page_in_a_headless_browser(server: turing.TuringServer, tmp_path: Path)
             page.wait_for_selector("table.confusion")
             for condition in ("refined", "synthetic"):
                 mine = [r for r in records if r["condition"] == condition]
-                m = turing.confusion(mine, condition)["matrix"]
+                m = confusion(mine, condition)["matrix"]
                 section = page.locator(f"section#{condition}")
                 cells = section.locator("table.confusion td").all_inner_texts()
                 assert cells == [str(v) for row in m for v in row]
