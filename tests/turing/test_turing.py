@@ -3,6 +3,7 @@ display, one-line errors, the HTTP server, and the page driven in a real headles
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ FIELDS = {
     "subject", "condition", "trial", "set", "index", "truth", "answer", "correct", "time",
     "response_ms",
 }  # fmt: skip
+PAGE_FILES = ("page.html", "page.css", "page.js")
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_ARGS = [
     "--headless",
@@ -465,6 +468,41 @@ def test_http_endpoints(server: TuringServer) -> None:
     assert status == 200 and json.loads(body) == server.session.summary()
     status, kind, body = _get(base + "summary")
     assert status == 200 and b"real vs refined: 1 subject(s), 1 answers" in body
+
+
+def _raw_get(server: TuringServer, path: str) -> int:
+    """The status of a GET sent with ``path`` exactly as written (urllib would tidy it)."""
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(str(host), int(port), timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_page_files_are_package_data_and_served_as_they_are(server: TuringServer) -> None:
+    shipped = {name: (files("distsim.turing") / name) for name in PAGE_FILES}
+    for name, resource in shipped.items():
+        assert resource.is_file(), name
+    page = shipped["page.html"].read_bytes()
+    assert b'href="/page.css"' in page and b'src="/page.js"' in page
+    for url, name, kind in (
+        ("", "page.html", "text/html"),
+        ("page.css", "page.css", "text/css"),
+        ("page.js", "page.js", "text/javascript"),
+    ):
+        status, content_type, body = _get(server.url + url)
+        assert status == 200 and content_type.startswith(kind), (url, status, content_type)
+        assert body == shipped[name].read_bytes(), url
+    # Only those three URLs name files: nothing else in the package or in --out is reachable.
+    for path in (
+        "/page.html", "/server.py", "/distsim/turing/server.py", "/../session.json",
+        "/%2e%2e/session.json", "/page.css/../session.json", "//etc/passwd", "/answers.jsonl",
+    ):  # fmt: skip
+        assert _raw_get(server, path) == 404, path
 
 
 def test_cli_prints_the_url_and_serves(sets: dict[str, Path], tmp_path: Path) -> None:
