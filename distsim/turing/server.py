@@ -28,6 +28,32 @@ STATIC = {
 }
 
 
+# Each field of a posted answer and its JSON type, checked with type(): Python's bool is an
+# int, and true would answer trial 1.
+ANSWER_FIELDS = {"subject": str, "condition": str, "trial": int, "answer": str}
+
+
+def checked_answer(body: Any) -> dict[str, Any]:
+    """A posted answer whose fields have their JSON types; TuringError naming one that does not."""
+    if not isinstance(body, dict):
+        raise TuringError("the answer must be a JSON object")
+    for name, kind in ANSWER_FIELDS.items():
+        if type(body.get(name)) is not kind:
+            what = "an integer" if kind is int else "a string"
+            raise TuringError(f"the answer's {name!r} must be {what}, got {_shown(body.get(name))}")
+    ms = body.get("response_ms")
+    if ms is not None and (type(ms) is not int or ms < 0):
+        raise TuringError(
+            f"the answer's 'response_ms' must be a whole number >= 0, got {_shown(ms)}"
+        )
+    return body
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 @functools.cache
 def static_file(name: str) -> bytes:
     """One of the page's files, as shipped in the package."""
@@ -115,18 +141,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         subject = None
         try:
-            body = json.loads(raw)
-            if not isinstance(body, dict):
-                raise TuringError("the answer must be a JSON object")
-            subject = body.get("subject")
-            if not isinstance(subject, str) or not isinstance(body.get("trial"), int):
-                raise TuringError("the answer needs a subject and a trial number")
+            body = checked_answer(json.loads(raw))
+            subject = body["subject"]
             session.answer(
-                subject,
-                str(body.get("condition")),
-                body["trial"],
-                str(body.get("answer")),
-                body.get("response_ms"),
+                subject, body["condition"], body["trial"], body["answer"], body.get("response_ms")
             )
             self._json(200, session.state(subject))
         except TrialMismatch as e:

@@ -180,11 +180,17 @@ def _check_record(record: Any, where: str) -> dict[str, Any]:
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """Every answer in an answer log, in order ([] when there is none yet).
+    """Every readable answer in an answer log, in order ([] when there is none yet)."""
+    return [record for _, record in read_log_lines(path)]
+
+
+def read_log_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, answer) for every readable answer in an answer log, in order.
 
     A last line without its newline is an answer whose write was cut short (the server never
     confirmed it): it is dropped, and cut from the file so later answers start on a line of
-    their own. Any other bad line is an error naming it.
+    their own. Any other bad line is skipped with a warning naming it, so that one damaged
+    answer costs only itself.
     """
     path = Path(path)
     try:
@@ -195,7 +201,7 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
         raise TuringError(f"{path}: cannot read: {e.strerror or e}") from None
     if raw and not raw.endswith(b"\n"):
         keep = raw.rfind(b"\n") + 1
-        print(f"{PROG}: warning: {path}: dropping an unfinished last line", file=sys.stderr)
+        _warn(f"{path}: dropping an unfinished last line")
         with open(path, "r+b") as f:
             f.truncate(keep)
             f.flush()
@@ -206,11 +212,18 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TuringError(f"{path}:{n}: not JSON: {e}") from None
-        records.append(_check_record(record, f"{path}:{n}"))
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TuringError(f"{path}:{n}: not JSON: {e}") from None
+            records.append((n, _check_record(record, f"{path}:{n}")))
+        except TuringError as e:
+            _warn(f"{one_line(e)}; skipping that line")
     return records
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def append_record(path: str | Path, record: dict[str, Any]) -> None:
@@ -315,13 +328,16 @@ class TuringSession:
         self._lock = threading.RLock()
         self._png_cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self.log_path = self.out_dir / LOG_NAME
-        self._answers: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        # subject -> condition -> trial -> record; a skipped log line leaves a gap to fill.
+        self._answers: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
         self._out_lock = _lock_out_dir(self.out_dir)
         try:
             self._claim_out_dir(settings, {k: str(Path(v).resolve()) for k, v in dirs.items() if v})
-            self._records = read_log(self.log_path)
-            for n, record in enumerate(self._records, 1):
-                self._replay(record, f"{self.log_path}:{n}")
+            self._records = [
+                record
+                for n, record in read_log_lines(self.log_path)
+                if self._replay(record, f"{self.log_path}:{n}")
+            ]
             write_summary(self.out_dir, self._records)
         except BaseException:
             self.close()
@@ -381,19 +397,29 @@ class TuringSession:
             tmp.write_text(text)
             os.replace(tmp, path)
 
-    def _replay(self, record: dict[str, Any], where: str) -> None:
-        """Take a logged answer into memory, checking it is the next trial of this plan."""
-        subject, condition = record["subject"], record["condition"]
+    def _replay(self, record: dict[str, Any], where: str) -> bool:
+        """Take a logged answer into memory if it answers one of this plan's trials, not yet
+        answered; else warn and leave it out (False)."""
+        subject, condition, trial = record["subject"], record["condition"], record["trial"]
         if condition not in self.conditions:
-            raise TuringError(f"{where}: condition {condition!r} is not in this session")
-        done = self._answers.setdefault(subject, {}).setdefault(condition, [])
-        trials = self.plan.trials(subject)[condition]
-        if record["trial"] != len(done) or len(done) >= len(trials):
-            raise TuringError(f"{where}: trial {record['trial']} is not {subject}'s next")
-        want = trials[len(done)]
-        if (record["set"], record["index"], record["truth"]) != (want[0], want[1], want[0]):
-            raise TuringError(f"{where}: image differs from this session's plan for {subject}")
-        done.append(record)
+            problem = f"condition {condition!r} is not in this session"
+        else:
+            trials = self.plan.trials(subject)[condition]
+            done = self._answers.setdefault(subject, {}).setdefault(condition, {})
+            if not 0 <= trial < len(trials):
+                problem = f"{subject} has no {condition} trial {trial}"
+            elif trial in done:
+                problem = f"{subject}'s {condition} trial {trial} is answered on an earlier line"
+            elif (record["set"], record["index"], record["truth"]) != (
+                *trials[trial],
+                trials[trial][0],
+            ):
+                problem = f"image differs from this session's plan for {subject}"
+            else:
+                done[trial] = record
+                return True
+        _warn(f"{where}: {problem}; skipping that line")
+        return False
 
     # --- what the page asks -------------------------------------------------------------------
 
@@ -403,10 +429,10 @@ class TuringSession:
         with self._lock:
             trials = self.plan.trials(subject)
             for c in self.conditions:
-                done = len(self._answers.get(subject, {}).get(c, []))
-                if done < len(trials[c]):
-                    s, i = trials[c][done]
-                    return Trial(c, done, s, i)
+                done = self._answers.get(subject, {}).get(c, {})
+                for t, (s, i) in enumerate(trials[c]):
+                    if t not in done:
+                        return Trial(c, t, s, i)
         return None
 
     def state(self, subject: str) -> dict[str, Any]:
@@ -415,7 +441,8 @@ class TuringSession:
         with self._lock:  # one consistent view while an answer may be coming in
             trial = self.next_trial(subject)
             trials = self.plan.trials(subject)
-            answered = sum(len(a) for a in self._answers.get(subject, {}).values())
+            done = {c: len(a) for c, a in self._answers.get(subject, {}).items()}
+        answered = sum(done.values())
         total = sum(len(t) for t in trials.values())
         out: dict[str, Any] = {
             "subject": subject,
@@ -436,7 +463,7 @@ class TuringSession:
                 "title": TITLES[c],
                 "part": self.conditions.index(c) + 1,
                 "kinds": [REAL, c],
-                "answered": trial.trial,
+                "answered": done.get(c, 0),
                 "total": len(trials[c]),
                 "examples": {k: self.example_urls(k) for k in (REAL, c)},
                 "keys": {REAL: list(KEYS["first"]), c: list(KEYS["second"])},
@@ -464,9 +491,10 @@ class TuringSession:
         another tab): nothing is written. TuringError for a bad subject or answer.
         """
         subject = check_subject(subject)
-        if response_ms is not None and (
-            not isinstance(response_ms, int) or isinstance(response_ms, bool) or response_ms < 0
-        ):
+        # type(), not isinstance(): True is an int to Python and equals trial 1.
+        if type(trial) is not int:
+            raise TuringError(f"trial must be an integer, got {trial!r}")
+        if response_ms is not None and (type(response_ms) is not int or response_ms < 0):
             raise TuringError(f"response_ms must be a non-negative integer, got {response_ms!r}")
         with self._lock:
             nxt = self.next_trial(subject)
@@ -489,7 +517,7 @@ class TuringSession:
             }
             append_record(self.log_path, record)
             self._records.append(record)
-            self._answers.setdefault(subject, {}).setdefault(condition, []).append(record)
+            self._answers.setdefault(subject, {}).setdefault(condition, {})[trial] = record
             write_summary(self.out_dir, self._records)
         return record
 

@@ -27,7 +27,14 @@ from distsim.turing.cli import main
 from distsim.turing.common import TuringError
 from distsim.turing.images import NEUTRAL, is_depth, to_display
 from distsim.turing.server import TuringServer, make_server
-from distsim.turing.session import LOG_NAME, Plan, Trial, TrialMismatch, TuringSession
+from distsim.turing.session import (
+    LOG_NAME,
+    Plan,
+    Trial,
+    TrialMismatch,
+    TuringSession,
+    read_log,
+)
 from distsim.turing.stats import confusion, write_summary
 from shards.sources.sim_eyes import convert_sim_eyes
 from shards.writer import ShardSetWriter
@@ -235,6 +242,43 @@ def test_unfinished_last_line_is_dropped(
         assert session.next_trial("ann").trial == 2  # type: ignore[union-attr]
         _answer_all(session, "ann", 1)
     assert [json.loads(x)["trial"] for x in (out / LOG_NAME).read_text().splitlines()] == [0, 1, 2]
+
+
+def test_a_bad_log_line_is_skipped_and_the_others_kept(
+    sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    log = out / LOG_NAME
+    with _session(sets, out) as session:
+        _answer_all(session, "ann", 4)
+        _answer_all(session, "bo", 1)
+    lines = log.read_text().splitlines()
+    # A bool where the trial number goes, as a POST of {"trial": true} once wrote, and a line
+    # that is not JSON at all.
+    assert '"trial": 1,' in lines[1]
+    lines[1] = lines[1].replace('"trial": 1,', '"trial": true,')
+    lines.insert(3, "{not json")
+    log.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+
+    assert main(["--out", str(out), "--summary"]) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.splitlines()
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(f"distsim.turing: warning: {log}:2: field 'trial'")
+    assert warnings[1].startswith(f"distsim.turing: warning: {log}:4: not JSON")
+    assert "## real vs refined: 2 subject(s), 4 answers" in captured.out
+
+    with _session(sets, out) as session:
+        assert len(capsys.readouterr().err.splitlines()) == 2
+        assert len(session.records()) == 4
+        # ann's unreadable answer is asked again; her answers after it stay answered.
+        assert session.state("ann")["answered"] == 3
+        assert session.next_trial("ann").trial == 1  # type: ignore[union-attr]
+        _answer_all(session, "ann", 1)
+        assert session.next_trial("ann").trial == 4  # type: ignore[union-attr]
+        assert session.state("bo")["answered"] == 1
+    assert len(read_log(log)) == 5 and "warning" in capsys.readouterr().err
 
 
 def test_out_dir_remembers_its_settings(sets: dict[str, Path], tmp_path: Path) -> None:
@@ -481,6 +525,24 @@ def _raw_get(server: TuringServer, path: str) -> int:
         return response.status
     finally:
         connection.close()
+
+
+def test_answers_need_strict_json_types(server: TuringServer) -> None:
+    url = server.url + "api/answer"
+    answer = {"subject": "ann", "condition": "refined", "trial": 0, "answer": "real"}
+    assert _post(url, answer)[0] == 200
+    answer["trial"] = 1  # next: a bool true would equal it
+    bad = [
+        ("trial", True), ("trial", 1.0), ("trial", "1"), ("subject", 5), ("condition", None),
+        ("answer", ["real"]), ("response_ms", True), ("response_ms", "9"), ("response_ms", -1),
+    ]  # fmt: skip
+    for name, value in bad:
+        status, body = _post(url, {**answer, name: value})
+        assert status == 400 and name in body["error"], (name, value, status, body)
+    assert len(server.session.records()) == 1
+    status, state = _post(url, {**answer, "response_ms": 700})
+    assert status == 200 and state["answered"] == 2
+    assert [r["trial"] for r in read_log(server.session.log_path)] == [0, 1]
 
 
 def test_page_files_are_package_data_and_served_as_they_are(server: TuringServer) -> None:
