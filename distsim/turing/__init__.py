@@ -12,8 +12,11 @@ test on 127.0.0.1 and records every answer in DIR/answers.jsonl.
 The page: a subject types a name (or comes with ``?subject=NAME``, or the server's
 ``--subject``), then sees one test image at a time above the labelled examples of both kinds,
 and answers with the buttons or keys (left arrow or 1: real; right arrow or 2: refined, or
-synthetic). It gives no feedback. The summary is at /summary (and /summary.json).
+synthetic). It gives no feedback, and its results are not for subjects: the summary is at
+/summary?token=T (and /summary.json?token=T), where T is printed by the server when it
+starts; ``--summary`` prints it from DIR's answers at any time.
 
 Modules: ``session`` (the test without HTTP: plan, answer log, resuming), ``stats`` (the
-summary), ``images`` (shard images as PNGs), ``server`` (the page over http.server), ``cli``.
+summary), ``images`` (shard images as PNGs), ``server`` (the page over http.server), ``cli``,
+and ``common`` (the names they share).
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from distsim.turing.common import PROG, TITLES, TuringError
 from distsim.turing.images import DISPLAYS
-from distsim.turing.server import make_server
+from distsim.turing.server import is_loopback, make_server
 from distsim.turing.session import EXAMPLES, LOG_NAME, TuringSession, read_log
 from distsim.turing.stats import summary_markdown, write_summary
 from shards.cliutil import non_negative_int, one_line, positive_int
@@ -37,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, required=True, help=f"directory for {LOG_NAME} and the summaries"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on (127.0.0.1; beyond loopback, anyone who can reach it can "
+        "take the test, and a warning says so)",
+    )
     parser.add_argument(
         "--port", type=non_negative_int, default=0, help="port (0: a free one; the URL is printed)"
     )
@@ -132,10 +137,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    if not is_loopback(args.host):
+        print(
+            f"{PROG}: warning: --host {args.host} is not loopback: anyone who can reach this "
+            "machine can open the page and answer as any subject",
+            file=sys.stderr,
+            flush=True,
+        )
     parts = " then ".join(TITLES[c] for c in session.conditions)
     print(f"{PROG}: {parts}; answers go to {session.log_path}", flush=True)
-    print(f"{PROG}: open {server.url} (Ctrl-C stops; the summary is at {server.url}summary)",
-          flush=True)  # fmt: skip
+    # Only here, on the operator's terminal: the summary tells whether each answer was right.
+    print(f"{PROG}: open {server.url} (Ctrl-C stops; the summary, for you only, is at "
+          f"{server.summary_url})", flush=True)  # fmt: skip
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -3,17 +3,21 @@
 The page is page.html, page.css and page.js from this package, served as they are, with nothing
 fetched from elsewhere; it asks the server for everything else as JSON. Endpoints: / (the
 page), /page.css, /page.js, /api/config (the default subject), /api/state?subject=NAME (what to
-show next), POST /api/answer, /example.png, /trial.png, /summary and /summary.json.
+show next), POST /api/answer, /example.png, /trial.png, and /summary and /summary.json with
+``?token=`` the server's ``summary_token`` (403 without it: the results are the operator's
+while subjects are answering).
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
+import secrets
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from distsim.turing.common import TuringError
 from distsim.turing.session import TrialMismatch, TuringSession
@@ -105,10 +109,13 @@ class _Handler(BaseHTTPRequestHandler):
                     q.get("subject", ""), q.get("condition", ""), int(q.get("trial", ""))
                 )
                 self._send(200, png, "image/png", "private, max-age=3600")
+            elif url.path in ("/summary", "/summary.json") and not self.server.may_see(q):
+                # A subject with a second tab would learn whether each answer was right.
+                self._error(403, "the summary needs the token the server printed when it started")
             elif url.path == "/summary":
-                self._send(
-                    200, summary_html(session.summary()).encode(), "text/html; charset=utf-8"
-                )
+                json_url = f"/summary.json?{urlencode({'token': self.server.summary_token})}"
+                page = summary_html(session.summary(), json_url)
+                self._send(200, page.encode(), "text/html; charset=utf-8")
             elif url.path == "/summary.json":
                 self._json(200, session.summary())
             elif url.path == "/favicon.ico":
@@ -161,10 +168,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class TuringServer(ThreadingHTTPServer):
+    """The page for a session; the summary only for whoever has ``summary_token``."""
+
     daemon_threads = True
 
     def __init__(self, session: TuringSession, host: str, port: int) -> None:
         self.session = session
+        self.summary_token = secrets.token_urlsafe(16)
         super().__init__((host, port), _Handler)
 
     @property
@@ -172,7 +182,26 @@ class TuringServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
 
+    @property
+    def summary_url(self) -> str:
+        return f"{self.url}summary?{urlencode({'token': self.summary_token})}"
+
+    def may_see(self, query: dict[str, str]) -> bool:
+        """Whether a request's query holds the summary token."""
+        given = query.get("token", "").encode()
+        return secrets.compare_digest(given, self.summary_token.encode())
+
 
 def make_server(session: TuringSession, host: str = "127.0.0.1", port: int = 0) -> TuringServer:
     """An HTTP server for ``session`` (port 0: a free one; see ``.url``); call serve_forever."""
     return TuringServer(session, host, port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether serving on ``host`` keeps the page on this machine: 127.0.0.0/8, ::1, localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to anything
+        return False

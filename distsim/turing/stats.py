@@ -137,7 +137,7 @@ def write_summary(out_dir: str | Path, records: Sequence[dict[str, Any]]) -> dic
     return summary
 
 
-def summary_html(summary: dict[str, Any]) -> str:
+def summary_html(summary: dict[str, Any], json_url: str = "/summary.json") -> str:
     """The summary as a page: the same tables as summary.md, styled by the page's CSS."""
     e = html.escape
     parts = []
@@ -170,5 +170,5 @@ def summary_html(summary: dict[str, Any]) -> str:
         "<!doctype html><html lang=en><head><meta charset=utf-8><title>Turing test summary"
         "</title><link rel=stylesheet href='/page.css'></head><body class=summary>"
         f"<h1>Visual Turing test: summary</h1>{body}<p class=note>p: {e(summary['p_value_test'])}. "
-        "<a href='/summary.json'>summary.json</a> · <a href='/'>the test</a></p></body></html>"
+        f"<a href='{e(json_url)}'>summary.json</a> · <a href='/'>the test</a></p></body></html>"
     )

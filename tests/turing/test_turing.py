@@ -7,6 +7,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from scipy.stats import binomtest
 from distsim.turing.cli import main
 from distsim.turing.common import TuringError
 from distsim.turing.images import NEUTRAL, is_depth, to_display
-from distsim.turing.server import TuringServer, make_server
+from distsim.turing.server import TuringServer, is_loopback, make_server
 from distsim.turing.session import (
     LOG_NAME,
     Plan,
@@ -508,10 +509,17 @@ def test_http_endpoints(server: TuringServer) -> None:
     assert _post(base + "api/nothing", answer)[0] == 404
     assert len(server.session.records()) == 1
 
-    status, kind, body = _get(base + "summary.json")
+    # The results stay with the operator while the test runs: a subject's second tab gets none.
+    tokens = ("", "?token=", "?token=x", "?token=%C3%A9")
+    for path in (f"{page}{token}" for page in ("summary", "summary.json") for token in tokens):
+        status, _, body = _get(base + path)
+        assert status == 403 and "token" in json.loads(body)["error"], (path, status)
+    token = server.summary_token
+    status, kind, body = _get(f"{base}summary.json?token={token}")
     assert status == 200 and json.loads(body) == server.session.summary()
-    status, kind, body = _get(base + "summary")
+    status, kind, body = _get(f"{base}summary?token={token}")
     assert status == 200 and b"real vs refined: 1 subject(s), 1 answers" in body
+    assert f"/summary.json?token={token}".encode() in body
 
 
 def _raw_get(server: TuringServer, path: str) -> int:
@@ -567,10 +575,12 @@ def test_page_files_are_package_data_and_served_as_they_are(server: TuringServer
         assert _raw_get(server, path) == 404, path
 
 
-def test_cli_prints_the_url_and_serves(sets: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_cli_prints_the_url_and_serves(sets: dict[str, Path], tmp_path: Path, host: str) -> None:
     command = [
         sys.executable, "-m", "distsim.turing", "--real", str(sets["real"]),
         "--synthetic", str(sets["synthetic"]), "--out", str(tmp_path / "out"), "--port", "0",
+        "--host", host,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -581,12 +591,35 @@ def test_cli_prints_the_url_and_serves(sets: dict[str, Path], tmp_path: Path) ->
         lines = [proc.stdout.readline() for _ in range(2)]
         assert "real vs synthetic" in lines[0], (lines, proc.stderr)
         url = lines[1].split("open ", 1)[1].split()[0]
-        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/")
+        assert url.startswith(f"http://{host}:") and not url.endswith(":0/")
         status, _, body = _get(url + "api/state?subject=cli")
         assert status == 200 and json.loads(body)["condition"]["name"] == "synthetic"
+        # The summary's address, with its token, is printed for the operator alone.
+        summary = re.search(r"\S+/summary\?token=[\w-]+", lines[1])
+        assert summary is not None, lines
+        assert _get(summary[0])[0] == 200 and _get(url + "summary")[0] == 403
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        _, err = proc.communicate(timeout=10)
+    warnings = err.splitlines()
+    if host == "127.0.0.1":
+        assert warnings == []
+    else:  # beyond loopback, anyone who reaches the machine can take the test: say so
+        assert len(warnings) == 1 and warnings[0].startswith(
+            "distsim.turing: warning: --host 0.0.0.0 "
+        ), warnings
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("localhost", True),
+        ("LocalHost", True), ("0.0.0.0", False), ("", False), ("::", False),
+        ("192.168.1.20", False), ("10.0.0.1", False), ("example.org", False),
+    ],
+)  # fmt: skip
+def test_which_hosts_are_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
 
 
 # --- the page in a real browser -----------------------------------------------------------------
@@ -681,8 +714,9 @@ def test_page_in_a_headless_browser(server: TuringServer, tmp_path: Path) -> Non
             ]
             assert all(r["response_ms"] >= 0 for r in records)
 
-            # The summary page shows the counts in the log.
-            page.click("text=See the results so far")
+            # No way from the page to the results; the operator's token opens the summary.
+            assert page.locator("a[href*=summary]").count() == 0
+            page.goto(f"{server.url}summary?token={server.summary_token}")
             page.wait_for_selector("table.confusion")
             for condition in ("refined", "synthetic"):
                 mine = [r for r in records if r["condition"] == condition]
