@@ -161,7 +161,12 @@ _FIELDS = {
 }
 
 
-def _check_record(record: Any, where: str) -> dict[str, Any]:
+def _parse_record(line: str, where: str) -> dict[str, Any]:
+    """One line of the log as an answer; TuringError naming ``where`` if it is not one."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise TuringError(f"{where}: not JSON: {e}") from None
     if not isinstance(record, dict):
         raise TuringError(f"{where}: not a JSON object")
     for name, kind in _FIELDS.items():
@@ -208,17 +213,24 @@ def read_log_lines(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
             os.fsync(f.fileno())
         raw = raw[:keep]
     records = []
+    seen: dict[tuple[str, str, int], int] = {}  # (subject, condition, trial): its line
     for n, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TuringError(f"{path}:{n}: not JSON: {e}") from None
-            records.append((n, _check_record(record, f"{path}:{n}")))
+            record = _parse_record(line, f"{path}:{n}")
         except TuringError as e:
             _warn(f"{one_line(e)}; skipping that line")
+            continue
+        key = (record["subject"], record["condition"], record["trial"])
+        if key in seen:
+            _warn(
+                f"{path}:{n}: {key[0]}'s {key[1]} trial {key[2]} is on line {seen[key]} "
+                "already; skipping that line"
+            )
+            continue
+        seen[key] = n
+        records.append((n, record))
     return records
 
 
@@ -398,8 +410,8 @@ class TuringSession:
             os.replace(tmp, path)
 
     def _replay(self, record: dict[str, Any], where: str) -> bool:
-        """Take a logged answer into memory if it answers one of this plan's trials, not yet
-        answered; else warn and leave it out (False)."""
+        """Take a logged answer into memory if it answers one of this plan's trials; else warn
+        and leave it out (False). ``read_log_lines`` has left out repeated trials."""
         subject, condition, trial = record["subject"], record["condition"], record["trial"]
         if condition not in self.conditions:
             problem = f"condition {condition!r} is not in this session"
@@ -408,12 +420,9 @@ class TuringSession:
             done = self._answers.setdefault(subject, {}).setdefault(condition, {})
             if not 0 <= trial < len(trials):
                 problem = f"{subject} has no {condition} trial {trial}"
-            elif trial in done:
-                problem = f"{subject}'s {condition} trial {trial} is answered on an earlier line"
-            elif (record["set"], record["index"], record["truth"]) != (
-                *trials[trial],
-                trials[trial][0],
-            ):
+            elif (record["set"], record["index"]) != trials[trial] or record["truth"] != record[
+                "set"
+            ]:
                 problem = f"image differs from this session's plan for {subject}"
             else:
                 done[trial] = record

@@ -259,19 +259,21 @@ def test_a_bad_log_line_is_skipped_and_the_others_kept(
     assert '"trial": 1,' in lines[1]
     lines[1] = lines[1].replace('"trial": 1,', '"trial": true,')
     lines.insert(3, "{not json")
+    lines.append(lines[0])  # an answer to a trial answered already: the first one counts
     log.write_text("\n".join(lines) + "\n")
     capsys.readouterr()
 
     assert main(["--out", str(out), "--summary"]) == 0
     captured = capsys.readouterr()
     warnings = captured.err.splitlines()
-    assert len(warnings) == 2, warnings
+    assert len(warnings) == 3, warnings
     assert warnings[0].startswith(f"distsim.turing: warning: {log}:2: field 'trial'")
     assert warnings[1].startswith(f"distsim.turing: warning: {log}:4: not JSON")
+    assert warnings[2].startswith(f"distsim.turing: warning: {log}:7: ann's refined trial 0")
     assert "## real vs refined: 2 subject(s), 4 answers" in captured.out
 
     with _session(sets, out) as session:
-        assert len(capsys.readouterr().err.splitlines()) == 2
+        assert len(capsys.readouterr().err.splitlines()) == 3
         assert len(session.records()) == 4
         # ann's unreadable answer is asked again; her answers after it stay answered.
         assert session.state("ann")["answered"] == 3
