@@ -22,7 +22,8 @@ import threading
 from pathlib import Path
 
 from distsim import refine
-from distsim.turing import TuringSession, make_server
+from distsim.turing.server import make_server
+from distsim.turing.session import TuringSession
 from shards.sources.sim_eyes import convert_sim_eyes
 
 BROWSER_ARGS = [

@@ -3,9 +3,11 @@ display, one-line errors, the HTTP server, and the page driven in a real headles
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +24,29 @@ import pytest
 from PIL import Image
 from scipy.stats import binomtest
 
-from distsim import turing
-from distsim.turing import (
+from distsim.turing.cli import main
+from distsim.turing.common import TuringError
+from distsim.turing.images import NEUTRAL, is_depth, to_display
+from distsim.turing.server import TuringServer, is_loopback, make_server
+from distsim.turing.session import (
     LOG_NAME,
-    NEUTRAL,
     Plan,
+    Trial,
     TrialMismatch,
-    TuringError,
     TuringSession,
-    main,
-    make_server,
+    read_log,
 )
+from distsim.turing.stats import confusion, write_summary
 from shards.sources.sim_eyes import convert_sim_eyes
 from shards.writer import ShardSetWriter
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COUNT, SYNTHETIC_COUNT = 3, 2  # per kind and subject: 6 + 4 trials
 FIELDS = {
     "subject", "condition", "trial", "set", "index", "truth", "answer", "correct", "time",
     "response_ms",
 }  # fmt: skip
+PAGE_FILES = ("page.html", "page.css", "page.js")
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 BROWSER_ARGS = [
     "--headless",
@@ -115,7 +121,7 @@ def test_summary_reproduces_the_papers_table_1() -> None:
     cells = {("real", "real"): 224, ("real", "refined"): 276}
     cells |= {("refined", "real"): 207, ("refined", "refined"): 293}
     records = [_record("s", "refined", t, a) for (t, a), n in cells.items() for _ in range(n)]
-    table = turing.confusion(records, "refined")
+    table = confusion(records, "refined")
     assert table["matrix"] == [[224, 276], [207, 293]]
     assert (table["trials"], table["correct"], table["accuracy"]) == (1000, 517, 0.517)
     assert round(table["p_value"], 3) == 0.148  # the paper's p: one-sided
@@ -126,7 +132,7 @@ def test_summary_reproduces_the_papers_table_1() -> None:
     ] * 81
     syn += [_record("s", "synthetic", "real", "synthetic")] * 19
     syn += [_record("s", "synthetic", "synthetic", "real")] * 19
-    assert turing.confusion(syn, "synthetic")["p_value"] <= 1e-8
+    assert confusion(syn, "synthetic")["p_value"] <= 1e-8
 
 
 def test_summary_per_subject_and_pooled_by_hand(tmp_path: Path) -> None:
@@ -141,7 +147,7 @@ def test_summary_per_subject_and_pooled_by_hand(tmp_path: Path) -> None:
         ("bo", "synthetic", "synthetic", "synthetic"),
     ]
     records = [_record(*a) for a in answers]
-    summary = turing.write_summary(tmp_path, records)
+    summary = write_summary(tmp_path, records)
     ref, syn = summary["conditions"]["refined"], summary["conditions"]["synthetic"]
     assert ref["all"]["matrix"] == [[2, 1], [1, 2]]
     assert (ref["all"]["correct"], ref["all"]["trials"]) == (4, 6)
@@ -211,7 +217,7 @@ def test_log_format_and_resume_after_restart(sets: dict[str, Path], tmp_path: Pa
     # A new server on the same DIR continues where each subject stopped.
     again = _session(sets, out)
     assert again.records() == session.records()
-    assert again.next_trial("ann") == turing.Trial("refined", 4, *plan["refined"][4])
+    assert again.next_trial("ann") == Trial("refined", 4, *plan["refined"][4])
     assert again.state("bo")["answered"] == 1
     _answer_all(again, "ann", 2)  # the last refined trials, then on to the second condition
     nxt = again.next_trial("ann")
@@ -237,6 +243,45 @@ def test_unfinished_last_line_is_dropped(
         assert session.next_trial("ann").trial == 2  # type: ignore[union-attr]
         _answer_all(session, "ann", 1)
     assert [json.loads(x)["trial"] for x in (out / LOG_NAME).read_text().splitlines()] == [0, 1, 2]
+
+
+def test_a_bad_log_line_is_skipped_and_the_others_kept(
+    sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    log = out / LOG_NAME
+    with _session(sets, out) as session:
+        _answer_all(session, "ann", 4)
+        _answer_all(session, "bo", 1)
+    lines = log.read_text().splitlines()
+    # A bool where the trial number goes, as a POST of {"trial": true} once wrote, and a line
+    # that is not JSON at all.
+    assert '"trial": 1,' in lines[1]
+    lines[1] = lines[1].replace('"trial": 1,', '"trial": true,')
+    lines.insert(3, "{not json")
+    lines.append(lines[0])  # an answer to a trial answered already: the first one counts
+    log.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+
+    assert main(["--out", str(out), "--summary"]) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.splitlines()
+    assert len(warnings) == 3, warnings
+    assert warnings[0].startswith(f"distsim.turing: warning: {log}:2: field 'trial'")
+    assert warnings[1].startswith(f"distsim.turing: warning: {log}:4: not JSON")
+    assert warnings[2].startswith(f"distsim.turing: warning: {log}:7: ann's refined trial 0")
+    assert "## real vs refined: 2 subject(s), 4 answers" in captured.out
+
+    with _session(sets, out) as session:
+        assert len(capsys.readouterr().err.splitlines()) == 3
+        assert len(session.records()) == 4
+        # ann's unreadable answer is asked again; her answers after it stay answered.
+        assert session.state("ann")["answered"] == 3
+        assert session.next_trial("ann").trial == 1  # type: ignore[union-attr]
+        _answer_all(session, "ann", 1)
+        assert session.next_trial("ann").trial == 4  # type: ignore[union-attr]
+        assert session.state("bo")["answered"] == 1
+    assert len(read_log(log)) == 5 and "warning" in capsys.readouterr().err
 
 
 def test_out_dir_remembers_its_settings(sets: dict[str, Path], tmp_path: Path) -> None:
@@ -281,7 +326,7 @@ def test_depth_is_recognised_and_coloured(tmp_path: Path) -> None:
     assert not (rgb[3:] == NEUTRAL).all(axis=-1).any()  # the colour map never gives that grey
     # Deeper is another colour; equal depths the same colour in every set.
     x = np.array([[[0, 600, 600, 1400]]], np.uint16)
-    shown = turing.to_display(x, True, session.limits)
+    shown = to_display(x, True, session.limits)
     assert (shown[0, 1] == shown[0, 2]).all() and (shown[0, 1] != shown[0, 3]).any()
 
     # A set that says it is not depth next to one that looks like depth: the user must choose.
@@ -296,12 +341,12 @@ def test_depth_is_recognised_and_coloured(tmp_path: Path) -> None:
             "M", (), {"source": source, "image_shape": (channels, 8, 8), "image_dtype": dtype}
         )
 
-    assert turing.is_depth(manifest("float32", 1, {}))
-    assert not turing.is_depth(manifest("uint8", 1, {}))
-    assert not turing.is_depth(manifest("uint16", 3, {}))
-    assert turing.is_depth(manifest("uint8", 1, {"modality": "depth"}))
-    assert turing.is_depth(manifest("uint8", 1, {"input_source": {"modality": "depth"}}))
-    assert not turing.is_depth(manifest("uint16", 1, {"modality": "ir"}))
+    assert is_depth(manifest("float32", 1, {}))
+    assert not is_depth(manifest("uint8", 1, {}))
+    assert not is_depth(manifest("uint16", 3, {}))
+    assert is_depth(manifest("uint8", 1, {"modality": "depth"}))
+    assert is_depth(manifest("uint8", 1, {"input_source": {"modality": "depth"}}))
+    assert not is_depth(manifest("uint16", 1, {"modality": "ir"}))
 
 
 def test_grey_images_are_shown_as_stored(sets: dict[str, Path], tmp_path: Path) -> None:
@@ -400,7 +445,7 @@ def test_summary_flag_prints_and_writes(
 
 
 @pytest.fixture
-def server(sets: dict[str, Path], tmp_path: Path) -> Iterator[turing.TuringServer]:
+def server(sets: dict[str, Path], tmp_path: Path) -> Iterator[TuringServer]:
     srv = make_server(_session(sets, tmp_path / "out", default_subject="ann"))
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -429,13 +474,19 @@ def _post(url: str, body: Any) -> tuple[int, Any]:
         return e.code, json.loads(e.read())
 
 
-def test_http_endpoints(server: turing.TuringServer) -> None:
+def test_http_endpoints(server: TuringServer) -> None:
     base = server.url
     status, kind, page = _get(base)
     assert status == 200 and kind.startswith("text/html")
+    status, kind, css = _get(base + "page.css")
+    assert status == 200 and kind.startswith("text/css") and b"image-rendering: pixelated" in css
+    status, kind, js = _get(base + "page.js")
+    assert status == 200 and kind.startswith("text/javascript")
     # Everything the page needs is served here: nothing is fetched from elsewhere.
-    assert b"http://" not in page and b"https://" not in page and b"//cdn" not in page
-    assert b"image-rendering: pixelated" in page and b'"subject": "ann"' in page
+    for text in (page, css, js):
+        assert b"http://" not in text and b"https://" not in text and b"//cdn" not in text
+    status, _, body = _get(base + "api/config")
+    assert status == 200 and json.loads(body) == {"subject": "ann"}
     status, _, body = _get(base + "api/state?subject=ann")
     state = json.loads(body)
     assert status == 200 and state["trial"]["index"] == 0
@@ -460,16 +511,78 @@ def test_http_endpoints(server: turing.TuringServer) -> None:
     assert _post(base + "api/nothing", answer)[0] == 404
     assert len(server.session.records()) == 1
 
-    status, kind, body = _get(base + "summary.json")
+    # The results stay with the operator while the test runs: a subject's second tab gets none.
+    tokens = ("", "?token=", "?token=x", "?token=%C3%A9")
+    for path in (f"{page}{token}" for page in ("summary", "summary.json") for token in tokens):
+        status, _, body = _get(base + path)
+        assert status == 403 and "token" in json.loads(body)["error"], (path, status)
+    token = server.summary_token
+    status, kind, body = _get(f"{base}summary.json?token={token}")
     assert status == 200 and json.loads(body) == server.session.summary()
-    status, kind, body = _get(base + "summary")
+    status, kind, body = _get(f"{base}summary?token={token}")
     assert status == 200 and b"real vs refined: 1 subject(s), 1 answers" in body
+    assert f"/summary.json?token={token}".encode() in body
 
 
-def test_cli_prints_the_url_and_serves(sets: dict[str, Path], tmp_path: Path) -> None:
+def _raw_get(server: TuringServer, path: str) -> int:
+    """The status of a GET sent with ``path`` exactly as written (urllib would tidy it)."""
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(str(host), int(port), timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_answers_need_strict_json_types(server: TuringServer) -> None:
+    url = server.url + "api/answer"
+    answer = {"subject": "ann", "condition": "refined", "trial": 0, "answer": "real"}
+    assert _post(url, answer)[0] == 200
+    answer["trial"] = 1  # next: a bool true would equal it
+    bad = [
+        ("trial", True), ("trial", 1.0), ("trial", "1"), ("subject", 5), ("condition", None),
+        ("answer", ["real"]), ("response_ms", True), ("response_ms", "9"), ("response_ms", -1),
+    ]  # fmt: skip
+    for name, value in bad:
+        status, body = _post(url, {**answer, name: value})
+        assert status == 400 and name in body["error"], (name, value, status, body)
+    assert len(server.session.records()) == 1
+    status, state = _post(url, {**answer, "response_ms": 700})
+    assert status == 200 and state["answered"] == 2
+    assert [r["trial"] for r in read_log(server.session.log_path)] == [0, 1]
+
+
+def test_page_files_are_package_data_and_served_as_they_are(server: TuringServer) -> None:
+    shipped = {name: (files("distsim.turing") / name) for name in PAGE_FILES}
+    for name, resource in shipped.items():
+        assert resource.is_file(), name
+    page = shipped["page.html"].read_bytes()
+    assert b'href="/page.css"' in page and b'src="/page.js"' in page
+    for url, name, kind in (
+        ("", "page.html", "text/html"),
+        ("page.css", "page.css", "text/css"),
+        ("page.js", "page.js", "text/javascript"),
+    ):
+        status, content_type, body = _get(server.url + url)
+        assert status == 200 and content_type.startswith(kind), (url, status, content_type)
+        assert body == shipped[name].read_bytes(), url
+    # Only those three URLs name files: nothing else in the package or in --out is reachable.
+    for path in (
+        "/page.html", "/server.py", "/distsim/turing/server.py", "/../session.json",
+        "/%2e%2e/session.json", "/page.css/../session.json", "//etc/passwd", "/answers.jsonl",
+    ):  # fmt: skip
+        assert _raw_get(server, path) == 404, path
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_cli_prints_the_url_and_serves(sets: dict[str, Path], tmp_path: Path, host: str) -> None:
     command = [
         sys.executable, "-m", "distsim.turing", "--real", str(sets["real"]),
         "--synthetic", str(sets["synthetic"]), "--out", str(tmp_path / "out"), "--port", "0",
+        "--host", host,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -480,12 +593,35 @@ def test_cli_prints_the_url_and_serves(sets: dict[str, Path], tmp_path: Path) ->
         lines = [proc.stdout.readline() for _ in range(2)]
         assert "real vs synthetic" in lines[0], (lines, proc.stderr)
         url = lines[1].split("open ", 1)[1].split()[0]
-        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/")
+        assert url.startswith(f"http://{host}:") and not url.endswith(":0/")
         status, _, body = _get(url + "api/state?subject=cli")
         assert status == 200 and json.loads(body)["condition"]["name"] == "synthetic"
+        # The summary's address, with its token, is printed for the operator alone.
+        summary = re.search(r"\S+/summary\?token=[\w-]+", lines[1])
+        assert summary is not None, lines
+        assert _get(summary[0])[0] == 200 and _get(url + "summary")[0] == 403
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        _, err = proc.communicate(timeout=10)
+    warnings = err.splitlines()
+    if host == "127.0.0.1":
+        assert warnings == []
+    else:  # beyond loopback, anyone who reaches the machine can take the test: say so
+        assert len(warnings) == 1 and warnings[0].startswith(
+            "distsim.turing: warning: --host 0.0.0.0 "
+        ), warnings
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("localhost", True),
+        ("LocalHost", True), ("0.0.0.0", False), ("", False), ("::", False),
+        ("192.168.1.20", False), ("10.0.0.1", False), ("example.org", False),
+    ],
+)  # fmt: skip
+def test_which_hosts_are_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
 
 
 # --- the page in a real browser -----------------------------------------------------------------
@@ -501,7 +637,7 @@ def _browser() -> Any:
     return sync_playwright, BROWSER
 
 
-def test_page_in_a_headless_browser(server: turing.TuringServer, tmp_path: Path) -> None:
+def test_page_in_a_headless_browser(server: TuringServer, tmp_path: Path) -> None:
     sync_playwright, executable = _browser()
     session, log = server.session, server.session.log_path
     given: list[str] = []
@@ -580,12 +716,13 @@ def test_page_in_a_headless_browser(server: turing.TuringServer, tmp_path: Path)
             ]
             assert all(r["response_ms"] >= 0 for r in records)
 
-            # The summary page shows the counts in the log.
-            page.click("text=See the results so far")
+            # No way from the page to the results; the operator's token opens the summary.
+            assert page.locator("a[href*=summary]").count() == 0
+            page.goto(f"{server.url}summary?token={server.summary_token}")
             page.wait_for_selector("table.confusion")
             for condition in ("refined", "synthetic"):
                 mine = [r for r in records if r["condition"] == condition]
-                m = turing.confusion(mine, condition)["matrix"]
+                m = confusion(mine, condition)["matrix"]
                 section = page.locator(f"section#{condition}")
                 cells = section.locator("table.confusion td").all_inner_texts()
                 assert cells == [str(v) for row in m for v in row]
