@@ -69,7 +69,7 @@ else
 fi
 
 step "tests marked cuda"
-python3 -m pytest -m cuda tests/test_cuda.py -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
+python3 -m pytest -m cuda tests/training/test_cuda.py -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log"
 test "${PIPESTATUS[0]}" -eq 0 || status=1
 
 step "step throughput"

@@ -21,7 +21,7 @@
 # process groups before exiting (distsim.train.main); left to interpreter shutdown, gloo's
 # threads could abort a finished rank. One run (2026-11, before that) exited 0 after printing
 # about 30 C++ stack frames ("frame #N: ..."); 17 runs since (9 in a row, 8 two at a time on 2
-# busy cores) printed none, and tests/test_launch.py fails on such lines. If they come back:
+# busy cores) printed none, and tests/distributed/test_launch.py fails on such lines. If they come back:
 # with static rendezvous the TCPStore lives in node 0's torchrun agent, and an agent that
 # loses it during torchrun's exit barrier logs the store error and its C++ frames and still
 # exits 0 (torch.distributed.elastic's _exit_barrier catches it); TORCH_CPP_LOG_LEVEL=ERROR

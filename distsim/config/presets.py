@@ -31,15 +31,15 @@ PRESETS["smoke"] = {
     "batch_size": 8,  # tiny
     "builtin_count": 512,  # renders in a second
     "pretrain_r_steps": 2,  # every phase, briefly
-    "pretrain_d_steps": 2,
-    "steps": 3,
+    "pretrain_d_steps": 2,  # every phase, briefly
+    "steps": 3,  # a few adversarial steps, with a full buffer by then
     "history_size": 64,  # fills within the run
     "lr_r": 1e-3,  # visible change in three steps
-    "lr_d": 1e-3,
+    "lr_d": 1e-3,  # as R's
     "log_every": 1,  # every step is looked at
-    "image_every": 2,
-    "ckpt_every": 3,
-    "grid_rows": 4,
+    "image_every": 2,  # grids of two steps
+    "ckpt_every": 3,  # a checkpoint within the run
+    "grid_rows": 4,  # small grids
     "num_workers": 0,  # no loader processes to start
     "realism_images": 0,  # tests that need the score turn it on
     "refiner_noise": 0,  # R callable on images alone; the noise input has tests of its own
@@ -53,11 +53,11 @@ PRESETS["eyes"] = {
     "history_size": 25_600,  # the upper end peers used: 50 global batches at 8 ranks
     "pretrain_r_steps": 1000,  # the paper's
     "pretrain_d_steps": 200,  # the paper's
-    "steps": 20_000,
+    "steps": 20_000,  # the paper gives no length
     "num_workers": 2,  # keeps a GPU fed with 35x55 eyes
-    "log_every": 50,
-    "image_every": 1000,
-    "ckpt_every": 2000,
+    "log_every": 50,  # logs of a long run
+    "image_every": 1000,  # a grid every 1,000 steps
+    "ckpt_every": 2000,  # ten checkpoints to choose from
 }
 
 # The paper's eye method exactly, at the eyes preset's sizes.
@@ -71,7 +71,7 @@ PRESETS["eyes-paper"] = PRESETS["eyes"] | {
 
 # The paper's hand settings on the built-in depth hands at 224x224, for GPUs.
 PRESETS["hands"] = {
-    "builtin_sim": "hands",
+    "builtin_sim": "hands",  # the built-in depth hands when no shards are given
     "builtin_size": 224,  # the paper's crops
     "builtin_count": 10_000,  # 1 GB of uint16 crops per domain
     "refiner_kernel": 7,  # the paper's
@@ -80,38 +80,38 @@ PRESETS["hands"] = {
     "refiner_window": 7,  # hands-cpu's +-1 px at 64 px, scaled to 224 px
     "disc_arch": "hands",  # the paper's: its 71 px patches are 32 % of a 224 px crop
     "psi": "identity",  # a pixel's value is a depth, and the joints' d labels depend on it
-    "batch_size": 16,
-    "history_size": 4096,
+    "batch_size": 16,  # per rank; the paper is silent
+    "history_size": 4096,  # 256 batches of refined crops
     "pretrain_r_steps": 500,  # the paper's
     "pretrain_d_steps": 200,  # the paper's
-    "steps": 20_000,
+    "steps": 20_000,  # as the eyes preset
     "num_workers": 4,  # rendering-free, but 224 px crops are 100 KB each
-    "realism_images": 512,
-    "log_every": 50,
-    "image_every": 1000,
-    "ckpt_every": 2000,
+    "realism_images": 512,  # 224 px crops score slower than eyes
+    "log_every": 50,  # logs of a long run
+    "image_every": 1000,  # a grid every 1,000 steps
+    "ckpt_every": 2000,  # ten checkpoints to choose from
 }
 
 # The hand job at CPU size: 64x64 crops and small widths, the paper's schedule shape.
 PRESETS["hands-cpu"] = {
-    "builtin_sim": "hands",
+    "builtin_sim": "hands",  # the built-in depth hands when no shards are given
     "builtin_size": 64,  # the paper's 224 px refiner costs hundreds of GFLOP per crop
-    "builtin_count": 4096,
-    "refiner_width": 16,
-    "refiner_blocks": 4,
-    "refiner_kernel": 5,
+    "builtin_count": 4096,  # 4,096 crops a domain render in under a minute
+    "refiner_width": 16,  # a quarter of the paper's width, as the cpu preset
+    "refiner_blocks": 4,  # of the paper's 10: what 2 cores train in minutes
+    "refiner_kernel": 5,  # the paper's 7 cut to the crop's scale
     "refiner_output": "local_range",  # R may add a sensor's artifacts, not move the hand
-    "refiner_window": 3,
+    "refiner_window": 3,  # +-1 px at 64 px
     "refiner_dropout": True,  # random drop-outs, not whole silhouettes eroded
     "disc_arch": "eyes",  # 23 px patches: the paper's hand D share of a 224 px crop
     "disc_widths": (32, 32, 16, 16),  # a third of the paper's
     "psi": "identity",  # a pixel's value is a depth, and the joints' d labels depend on it
-    "batch_size": 16,
-    "history_size": 1600,
-    "pretrain_r_steps": 200,
-    "pretrain_d_steps": 100,
-    "steps": 1000,
-    "realism_images": 256,
-    "image_every": 100,
-    "ckpt_every": 250,
+    "batch_size": 16,  # as hands, per rank
+    "history_size": 1600,  # 100 batches of refined crops
+    "pretrain_r_steps": 200,  # R to the identity
+    "pretrain_d_steps": 100,  # D catches up
+    "steps": 1000,  # the job in minutes on 2 cores
+    "realism_images": 256,  # quarter of eyes' 1,024: 64 px crops score slower
+    "image_every": 100,  # a grid every tenth of the run
+    "ckpt_every": 250,  # four realism-scored checkpoints
 }

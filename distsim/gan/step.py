@@ -11,7 +11,7 @@ What keeps them fast and compilable:
 - R's adversarial loss runs through D with D's parameters detached (``functional_call``), so
   D's gradients are never formed, never all-reduced and never stepped in an R step, without
   toggling ``requires_grad`` (which recompiles or breaks torch.compile's guards, pytorch
-  issue 139476).
+  pytorch/pytorch#139476).
 - Random draws (history slots, the refiner's noise inputs) come from generators on the
   device, saved in checkpoints.
 - A D step refines only the images D uses: b/2 once the buffer supplies the other half.

@@ -3,7 +3,7 @@
 The paper hand-labelled 100 refined images (pupil moved 1.1 +- 0.8 px). We measure instead:
 locate the pupil in each synthetic image and in its refinement with the same locator and
 report the distance. The locator is validated against the simulator's exact pupil labels
-(tests/test_pupil.py), so its own error is known.
+(tests/gaze/test_pupil.py), so its own error is known.
 
 Method: smooth, find the darkest point, then take the darkness-weighted centroid of the pixels
 near it that are darker than halfway between that minimum and the local median. Vectorised over

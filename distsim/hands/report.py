@@ -95,7 +95,7 @@ def add_parser(tasks: Any) -> None:
                    "is written once every row of every seed is there)")  # fmt: skip
     # CPU sizes (experiments/hand_gap.py's); the paper's: width 256, depth 4 on 224 px crops.
     # 600 steps leave the estimator blind to appearance: even a perfect refiner's crops train
-    # it no better than synthetic ones (experiments/hand_gap_split.py, BENCHMARKS.md).
+    # it no better than synthetic ones (experiments/hand_gap_split.py).
     h.add_argument("--estimator-steps", type=positive_int, default=2400, help="training steps")
     h.add_argument("--estimator-batch", type=positive_int, default=16, help="batch size")
     h.add_argument("--estimator-width", type=positive_int, default=32,
@@ -105,7 +105,7 @@ def add_parser(tasks: Any) -> None:
     h.add_argument("--stem-stride", type=int, choices=(1, 2, 4), default=4,
                    help="input side / heatmap side")  # fmt: skip
     # One estimator's seed alone moved a row by up to 1.6 px at the CPU sizes, more than a
-    # refiner moves it (BENCHMARKS.md, "Depth hands"); K estimators per row average that out.
+    # refiner moves it; K estimators per row average that out.
     h.add_argument("--estimator-seeds", type=positive_int, default=1,
                    help="estimators per row, seeds S, S+100, ...: their mean")  # fmt: skip
 

@@ -1,5 +1,6 @@
 """Train a tiny gaze estimator through ``distsim.estimation.fit.fit`` with the DeepSpeed hook,
-on fixed global batches, and save what it learned: the DeepSpeed side of tests/test_deepspeed.py.
+on fixed global batches, and save what it learned: the DeepSpeed side of
+tests/estimation/test_deepspeed.py.
 
     python tests/scripts/deepspeed_fit.py CONFIG OUT_DIR                          # 1 process
     torchrun --standalone --nproc-per-node W tests/scripts/deepspeed_fit.py CONFIG OUT_DIR

@@ -23,7 +23,7 @@ from distsim.gan.refiner import Refiner
 from distsim.gan.step import SimGANStep
 from distsim.training.loop import training_loop
 from tests.helpers import saved_settings
-from tests.test_train import _scalars
+from tests.helpers import scalars as _scalars
 
 DEVICE = "cpu" if os.environ.get("DISTSIM_TEST_DEVICE") == "cpu" else "cuda"
 pytestmark = [

@@ -27,7 +27,7 @@ from shards.format import MANIFEST_NAME, file_sha256, read_manifest
 from shards.writer import ShardSetWriter
 from tests.fixtures_sources import read_shard_set, shard_digests
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 COUNT = 301  # odd: two ranks get 151 and 150 images
 
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from distsim.data import make_epoch_loader, make_loader
-from tests.test_data import write_indexed_set
+from tests.data.test_data import write_indexed_set
 
 WORLD, WORKERS, BATCH = 2, 2, 32
 SIZES = (700, 90, 13)  # fewer shards than ranks x workers, and uneven

@@ -28,7 +28,7 @@ from distsim.evaluate import main
 from distsim.gaze.estimator import gaze_loss
 from shards.cli import main as shards_main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "launch" / "deepspeed_zero2.json"
 SCRIPT = REPO / "tests" / "scripts" / "deepspeed_fit.py"
 HAVE_DEEPSPEED = all(importlib.util.find_spec(p) for p in ("deepspeed", "transformers"))

@@ -2,7 +2,7 @@
 
 Resume falls back past a damaged checkpoint and keeps the run's settings; Ctrl-C saves; bad
 paths, values and disks are one line with exit status 2. (Shard-side faults are in
-tests/test_faults_shards.py.)"""
+tests/shards/test_faults.py.)"""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from distsim.refine import main as refine_main
 from distsim.train import EXIT_PREEMPTED, main
 from tests.helpers import saved_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _flags(tmp_path: Path, run: str, *extra: str) -> list[str]:

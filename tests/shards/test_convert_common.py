@@ -26,7 +26,7 @@ from tests.fixtures_sources import (
     write_unityeyes_dir,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

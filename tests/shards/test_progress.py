@@ -13,7 +13,7 @@ import shards.progress
 from distsim import data
 from shards.progress import Progress
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_progress_writes_plain_lines_when_not_on_a_terminal():

@@ -22,9 +22,9 @@ from distsim.checkpoints.store import latest_checkpoint, list_checkpoints, load_
 from distsim.gan.discriminator import Discriminator
 from distsim.gan.refiner import Refiner
 from distsim.train import EXIT_PREEMPTED
-from tests.test_train import _scalars as scalars
+from tests.helpers import scalars
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 

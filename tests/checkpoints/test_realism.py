@@ -20,7 +20,7 @@ from distsim.refine import main as refine_main
 from distsim.training.loop import training_loop
 from shards.format import read_manifest
 from shards.sim import eyes
-from tests.test_train import _scalars
+from tests.helpers import scalars as _scalars
 
 
 def _eyes(domain: str, n: int, seed: int) -> torch.Tensor:

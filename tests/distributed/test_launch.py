@@ -16,7 +16,7 @@ import torch
 from distsim.config import make_config
 from tests.helpers import saved_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch"
 SBATCH = sorted(LAUNCH.glob("*.sbatch"))
 

@@ -26,7 +26,7 @@ from shards.sim import eyes
 from shards.writer import JOURNAL_NAME, ShardSetWriter
 from tests.fixtures_sources import read_shard_set
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LABELS = ("gaze", "pitchyaw", "pupil")
 
 

@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 COMMANDS = [
     "-m shards convert sim-eyes --domain synthetic --count 512 --seed 1 --out S/syn",
@@ -36,7 +36,7 @@ COMMANDS = [
     "--run-dir S/hands --seed 0",
 ]
 
-# Digests and summaries recorded with these commands (tests/pinned_weights.json).
+# Digests and summaries recorded with these commands (tests/training/pinned_weights.json).
 PINNED = json.loads((Path(__file__).with_name("pinned_weights.json")).read_text())
 
 

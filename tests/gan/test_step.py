@@ -23,7 +23,7 @@ from distsim.gan.refiner import LocalRangeDropout, Refiner
 from distsim.gan.step import D_STATS, D_STATS_HISTORY, R_STATS, SimGANStep
 from distsim.refine import main as refine_main
 from distsim.training.loop import training_loop
-from tests.test_train import _scalars
+from tests.helpers import scalars as _scalars
 
 
 def _step(history: HistoryBuffer | None = None, **kwargs) -> SimGANStep:

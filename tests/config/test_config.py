@@ -81,7 +81,7 @@ def test_help_shows_the_chosen_presets_values(capsys):
 
 
 # config.json as distsim 0.1.0 wrote it (one flat object), for the pinned smoke run.
-OLD = Path(__file__).parent / "data" / "config-0.1.0-smoke.json"
+OLD = Path(__file__).parent / "config-0.1.0-smoke.json"
 
 
 def test_a_config_json_from_before_the_groups_loads_as_the_same_config():

@@ -21,7 +21,7 @@ from distsim.gan.history import HistoryBuffer, state_images
 from distsim.train import main
 from distsim.training.loop import training_loop
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(tmp_path, name: str, **overrides):
@@ -208,7 +208,7 @@ def test_fp16_on_cpu_is_refused_with_a_clear_message(tmp_path):
 def _as_version_0_1_config(run_dir: Path, **settings) -> None:
     """Rewrite a run's config.json files as distsim 0.1.0 wrote them (one flat object, the
     settings it had then), with the checkpoints' SHA256SUMS to match."""
-    old = json.loads((REPO / "tests" / "data" / "config-0.1.0-smoke.json").read_text())
+    old = json.loads((REPO / "tests" / "config" / "config-0.1.0-smoke.json").read_text())
     now = load_config(run_dir / "config.json")
     old |= {k: v for k, v in now.flat().items() if k in old} | settings
     text = json.dumps(old, indent=2, sort_keys=True)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from distsim import data
 from distsim.checkpoints.models import load_models
@@ -21,14 +20,9 @@ from distsim.data.pixels import to_unit_range
 from distsim.train import main
 from distsim.training.loop import training_loop
 from tests.helpers import saved_settings
+from tests.helpers import scalars as _scalars
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _scalars(run_dir: Path) -> dict[str, list[float]]:
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _check_run(run_dir: Path, cfg_steps: int, cache: Path) -> None:

@@ -1,5 +1,5 @@
 """torch.compile on the CPU (inductor): the compiled step trains as the eager one does, and a
-compiled run stops and resumes exactly. (tests/test_cuda.py does the same on a GPU.)"""
+compiled run stops and resumes exactly. (tests/training/test_cuda.py does the same on a GPU.)"""
 
 from __future__ import annotations
 
