@@ -119,16 +119,27 @@ def _related(a: str, b: str) -> bool:
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
+def package_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Cycles between packages that are not each other's ancestor, at every depth: modules
+    are grouped by their first d dotted parts (``distsim``, then ``distsim.gan``, ...)."""
+    found = []
+    depth = max(len(m.split(".")) for m in edges)
+    for d in range(1, depth + 1):
+        grouped: dict[str, set[str]] = {}
+        for module, targets in edges.items():
+            here = ".".join(package_of(module).split(".")[:d])
+            there = {".".join(package_of(t).split(".")[:d]) for t in targets}
+            grouped.setdefault(here, set()).update(p for p in there if not _related(p, here))
+        found += [c for c in cycles(grouped) if c not in found]
+    return found
+
+
 def test_no_package_imports_one_that_imports_it_back() -> None:
-    """Between packages that are not each other's ancestor: a package's modules may use its
-    subpackages and its subpackages the package's own modules (``shards.sources`` uses
-    ``shards.format``), but no two sibling packages may use each other, however indirectly."""
-    edges: dict[str, set[str]] = {}
-    for module, targets in graph().items():
-        here = package_of(module)
-        there = {package_of(t) for t in targets}
-        edges.setdefault(here, set()).update(p for p in there if not _related(p, here))
-    assert cycles(edges) == []
+    """A package's modules may use its subpackages and its subpackages the package's own
+    modules (``shards.sources`` uses ``shards.format``), but no two packages that are not
+    each other's ancestor may use each other, however indirectly: not ``distsim`` and
+    ``shards``, not ``distsim.gaze`` and ``distsim.training``."""
+    assert package_cycles(graph()) == []
 
 
 def test_command_line_modules_are_leaves() -> None:
@@ -149,9 +160,15 @@ def test_command_line_modules_are_leaves() -> None:
     assert bad == []
 
 
-def test_the_cycle_finder_finds_cycles() -> None:
+def test_the_cycle_finders_find_cycles() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+    # The cycle the simulators once made: shards.sources reaching into distsim, whose
+    # simulator used shards.gaze; no module imports one that imports it back.
+    hidden = {"shards.sources.sim_eyes": {"distsim.sim.eyes"}, "distsim.sim.eyes": {"shards.gaze"},
+              "shards.gaze": set()}  # fmt: skip
+    assert cycles(hidden) == []
+    assert package_cycles(hidden) == [["distsim", "shards"]]
 
 
 @pytest.mark.parametrize(

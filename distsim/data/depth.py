@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shards.depth import CODE_STEPS
+from shards.depth import CODE_STEPS, FAR_CODE, NEAR_CODE
 
 __all__ = ["FAR", "HOLES", "NEAR", "codes_to_unit", "depth_rgb", "depth_to_unit", "fill_invalid"]
 
@@ -99,9 +99,8 @@ def depth_to_unit(codes: torch.Tensor, holes: str = "fill") -> torch.Tensor:
 
 def unit_to_codes(x: torch.Tensor) -> torch.Tensor:
     """Inverse of ``codes_to_unit`` for valid depth: [-1, 1] -> codes 1..65535 (int32)."""
-    return (
-        x.float().add(1.0).mul_(CODE_STEPS / 2).add_(1.0).round_().clamp_(1, 65535).to(torch.int32)
-    )
+    codes = x.float().add(1.0).mul_(CODE_STEPS / 2).add_(NEAR_CODE).round_()
+    return codes.clamp_(NEAR_CODE, FAR_CODE).to(torch.int32)
 
 
 def depth_rgb(

@@ -8,10 +8,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from distsim.data.pixels import from_unit_range
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[-1, 1] floats (N, C, H, W) -> uint8 (N, H, W, C)."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = from_unit_range(images.detach().float(), "uint8")  # (N, C, H, W), clipped to 0..255
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 

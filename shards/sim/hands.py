@@ -99,7 +99,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import ndtri
 
-from shards.depth import CUBE_MM, EVAL_JOINTS, FOCAL, NUM_JOINTS, encode_depth
+from shards.depth import CUBE_MM, EVAL_JOINTS, FAR_CODE, FOCAL, NUM_JOINTS, encode_depth
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -693,9 +693,9 @@ def depth_rgb(image: np.ndarray, invalid: tuple[int, int, int] = (255, 0, 255)) 
     from matplotlib import colormaps
 
     codes = image.astype(np.float64)
-    inside = (image > 0) & (image < 65535)
-    lo, hi = (codes[inside].min(), codes[inside].max()) if inside.any() else (1.0, 65535.0)
-    x = np.where(image == 65535, 1.0, (codes - lo) / max(hi - lo, 1.0))
+    inside = (image > 0) & (image < FAR_CODE)
+    lo, hi = (codes[inside].min(), codes[inside].max()) if inside.any() else (1.0, FAR_CODE)
+    x = np.where(image == FAR_CODE, 1.0, (codes - lo) / max(hi - lo, 1.0))
     rgb = colormaps["viridis"](np.clip(x, 0.0, 1.0), bytes=True)[..., :3]
     rgb[image == 0] = invalid
     return rgb

@@ -49,7 +49,7 @@ import scipy.io
 from PIL import Image
 
 from shards.cliutil import positive_int
-from shards.depth import CUBE_MM, FOCAL, INVALID, NUM_JOINTS, encode_depth
+from shards.depth import CUBE_MM, FAR_CODE, FOCAL, INVALID, NUM_JOINTS, encode_depth
 from shards.format import Manifest
 from shards.sources.common import (
     Batch,
@@ -69,7 +69,6 @@ PALM = 32  # joint at the centre of the --crop cube cube
 VIEWS = (1, 2, 3)
 MASK_PAD = 0.1  # --crop mask widens the mask's square box by this fraction on each side
 MASK_MARGIN_MM = 30.0  # real depth this far outside the mask's depth range is background
-FAR = 65535  # the far-plane code of shards.depth (depth beyond the cube clips to it)
 LABELS_FILE = "joint_data.mat"
 _KEYS = ("joint_uvd", "joint_xyz")
 _PREFIX = {"real": "depth", "synth": "synthdepth"}
@@ -281,7 +280,7 @@ def _crop_one(task: _Task, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     background = no_depth.copy() if task.depth == "synth" else np.zeros_like(no_depth)
     if keep is not None:
         background |= ~no_depth & ((raw < keep[0]) | (raw > keep[1]))
-    codes[background] = FAR
+    codes[background] = FAR_CODE
     codes[~inside] = INVALID
     labels = {
         "joints_uvd": uvd_to_crop(task.uvd[i], u0, v0, side, task.size),
