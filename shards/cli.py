@@ -188,13 +188,21 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
 
 
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
+        # Said explicitly: a process started with SIGINT ignored (a non-interactive shell's
+        # background job, some CI runners) never gets Python's Ctrl-C handler, and would
+        # convert on after an interrupt meant to stop it.
+        signal.signal(signal.SIGINT, _on_sigint)
     except ValueError:  # not the main thread: leave signals alone
-        previous = None
+        previous = {}
     try:
         args.run(args)
     except (ValueError, OSError) as e:  # ShardError and InputError are ValueErrors
@@ -207,6 +215,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("shards: terminated; no manifest written", file=sys.stderr)
         return 143
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

@@ -45,17 +45,21 @@ def write_kaggle_h5(
     *,
     dtype: str = "uint8",
     look_vec_columns: int = 4,
+    name: str = "{}",
+    scale: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """Kaggle eye-gaze h5: Group ``image`` of n (35, 55) datasets, ``look_vec``, ``path``.
+    """Kaggle eye-gaze h5: Group ``image`` of n (35, 55) datasets, ``look_vec``, ``path``;
+    image i is named ``name.format(i)`` and stored as its pixels times ``scale``.
 
     Returns the simulator sample ({"image", "gaze", "pitchyaw", "pupil"}) in index order.
     """
     sample = eyes.generate("synthetic" if labelled else "real", n, seed)
     with h5py.File(path, "w") as f:
         group = f.create_group("image")
-        images = sample["image"].astype(dtype)
+        images = (sample["image"] * scale).astype(dtype) if scale != 1.0 else (
+            sample["image"].astype(dtype))  # fmt: skip
         for i in range(n):
-            group.create_dataset(str(i), data=images[i])
+            group.create_dataset(name.format(i), data=images[i])
         if labelled:
             f.create_dataset("look_vec", data=to_unity(sample["gaze"])[:, :look_vec_columns])
             f.create_dataset("path", data=np.array([f"{i + 1}.jpg".encode() for i in range(n)]))

@@ -36,6 +36,11 @@ T = TypeVar("T")
 Batch = tuple[np.ndarray, dict[str, np.ndarray]]  # (n, [C,] H, W) images, {label: (n, ...)}
 
 
+def warn(text: str) -> None:
+    """A converter's warning: one line on stderr, the conversion goes on."""
+    print(f"shards: warning: {text}", file=sys.stderr, flush=True)
+
+
 class InputError(ValueError):
     """A source file is missing, unreadable or not in the expected layout.
 

@@ -3,11 +3,24 @@
 Layout (FORMATS.md): ``image`` is a Group with one (35, 55) dataset per image, named "0", "1",
 ... (a single (N, 35, 55) dataset is accepted too); ``look_vec`` (N, 3 or 4) is UnityEyes'
 gaze, present in ``gaze.h5`` only. Without ``look_vec`` the set is written unlabelled.
+
+Pairing (``pair_names``): image i is the dataset whose name holds the number i, the names
+being one number each with the same text around it ("12", "img_12", "eye-00012.png"), and
+the numbers exactly 0..N-1 or 1..N for N label rows. A Group whose names do not pair that
+way with ``look_vec`` one to one is refused: iterating it gives string order ("10" before
+"2"), which would pair images with the wrong labels.
+
+Pixels (``to_uint8``): uint8 as stored; other numbers in 0..255 as those levels (a float's
+fractions rounded to the nearest level), except that a float image within [0, 1] is taken as
+fractions of full scale (x 255, rounded). Anything else (values outside 0..255, a float image
+of only 0 and 1, which could be either, NaN) is refused, naming the image: clipping or
+truncating it would change the eye without a word.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import h5py
@@ -46,18 +59,56 @@ def _open(path: Path) -> h5py.File:
         raise InputError(f"{path}: cannot read as HDF5: {' '.join(str(e).split())}") from None
 
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
+def to_uint8(a: np.ndarray, where: str) -> np.ndarray:
+    """Stored pixels -> uint8 by the module docstring's rule; InputError naming `where`."""
     if a.dtype == np.uint8:
         return a
-    # Float (or wider int) images hold 0-255 values: round, never truncate.
-    return np.clip(np.rint(a.astype(np.float64)), 0, 255).astype(np.uint8)
+    if a.dtype.kind not in "uif":
+        raise InputError(f"{where}: has dtype {a.dtype}, expected numbers")
+    x = a.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise InputError(f"{where}: has non-finite pixels (NaN or infinity)")
+    lo, hi = float(x.min()), float(x.max())
+    whole = bool((x == np.rint(x)).all())
+    if lo >= 0 and hi <= 255 and (hi > 1 or a.dtype.kind != "f"):
+        return np.rint(x).astype(np.uint8)  # 0-255 levels (a float's fractions rounded)
+    if lo >= 0 and hi <= 1 and not whole:
+        return np.rint(x * 255).astype(np.uint8)  # fractions of full scale
+    if lo >= 0 and hi <= 1:
+        raise InputError(f"{where}: holds only {sorted(set(np.unique(x).tolist()))}: 0-255 "
+                         "levels or 0-1 fractions? Convert it to uint8 first")  # fmt: skip
+    raise InputError(
+        f"{where}: pixel values span [{lo:g}, {hi:g}], neither 0-255 levels nor 0-1 fractions"
+    )
+
+
+def pair_names(names: list[str], rows: int | None, where: str) -> list[str]:
+    """The Group's names in image order (module docstring); `rows`: label rows to pair with
+    (None: unlabelled, any names in that order or else string order)."""
+    parsed = [re.fullmatch(r"(\D*)(\d+)(\D*)", n) for n in names]
+    framing = {(m[1], m[3]) for m in parsed if m is not None}
+    if all(m is not None for m in parsed) and len(framing) == 1:
+        numbers = sorted((int(m[2]), n) for m, n in zip(parsed, names, strict=True))  # type: ignore[index]
+        values = [v for v, _ in numbers]
+        first = values[0] if values else 0
+        if values == list(range(first, first + len(values))) and first in (0, 1):
+            return [n for _, n in numbers]
+    if rows is None:
+        return numeric_sort(names)  # nothing to mislabel
+    shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+    raise InputError(
+        f"{where}: image names ({shown}) are not one number each, 0..N-1 or 1..N with the same "
+        f"text around it, so they cannot be paired one to one with the {rows} look_vec rows"
+    )
 
 
 def _read(task: Task) -> Batch:
     path, which, labels = task
     with _open(Path(path)) as f:
         if isinstance(which, tuple):  # one (N, 35, 55) dataset
-            return _to_uint8(f["image"][which[0] : which[1]]), labels
+            images = f["image"][which[0] : which[1]]
+            where = f"{path}: image[{which[0]}:{which[1]}]"
+            return to_uint8(images, where), labels
         gid = f["image"].id
         out = np.empty((len(which), *SHAPE), np.uint8)  # (n, 35, 55)
         for i, name in enumerate(which):
@@ -69,9 +120,9 @@ def _read(task: Task) -> Batch:
             if ds.dtype == np.uint8:
                 ds.read(h5py.h5s.ALL, h5py.h5s.ALL, out[i])
             elif ds.dtype.kind in "uif":
-                buf = np.empty(SHAPE, np.float64)
+                buf = np.empty(SHAPE, ds.dtype)
                 ds.read(h5py.h5s.ALL, h5py.h5s.ALL, buf)
-                out[i] = _to_uint8(buf)
+                out[i] = to_uint8(buf, f"{path}: image/{name}")
             else:
                 raise InputError(f"{path}: image/{name} has dtype {ds.dtype}, expected numbers")
         return out, labels
@@ -85,7 +136,7 @@ def convert_kaggle_h5(input_path: str | Path, output: Output) -> Manifest:
             raise InputError(f"{path}: no key 'image' (keys: {', '.join(sorted(f.keys()))})")
         image = f["image"]
         if isinstance(image, h5py.Group):
-            names: list[str] | None = numeric_sort(image.keys())
+            names: list[str] | None = list(image.keys())
             count = len(names)
         elif isinstance(image, h5py.Dataset) and image.shape[1:] == SHAPE:
             names, count = None, image.shape[0]
@@ -109,6 +160,8 @@ def convert_kaggle_h5(input_path: str | Path, output: Output) -> Manifest:
         except ValueError as e:
             raise InputError(f"{path}: look_vec: {e}") from None
         labels = {"gaze": gaze, "pitchyaw": pitchyaw_from_vector(gaze)}
+    if names is not None:
+        names = pair_names(names, count if labels else None, str(path))
 
     if output.limit is not None:
         count = min(count, output.limit)

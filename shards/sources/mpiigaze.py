@@ -61,7 +61,10 @@ def _attr(node: Any, name: str, path: Path, where: str) -> Any:
 
 
 def load_day(path: Path) -> dict[str, Eye]:
-    """{"left": eye, "right": eye} of one dayYY.mat, shapes checked, 1-frame days unsqueezed."""
+    """{"left": eye, "right": eye} of one dayYY.mat, shapes and values checked, 1-frame days
+    unsqueezed."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such day file")
     try:
         mat = scipy.io.loadmat(path, struct_as_record=False, squeeze_me=True)
     except Exception as e:  # scipy raises many types for a bad file; all mean "unreadable"
@@ -89,6 +92,16 @@ def load_day(path: Path) -> dict[str, Eye]:
                     f"{path}: {where}.{name} has shape {values.shape} for {len(image)} images, "
                     f"expected ({len(image)}, 3)"
                 )
+            bad = ~np.isfinite(values).all(axis=1)
+            if name == "gaze":
+                bad |= np.linalg.norm(np.nan_to_num(values), axis=1) == 0  # no direction
+            if bad.any():
+                frames = np.flatnonzero(bad) + 1  # numbered from 1, as the evaluation lists do
+                raise InputError(
+                    f"{path}: {where}.{name} of frame {frames[0]} is {values[frames[0] - 1]}"
+                    f"{f' (and {len(frames) - 1} more frames)' if len(frames) > 1 else ''}; "
+                    "convert without that day, or fix it"
+                )
         eyes[side] = (image, gaze, pose)
     return eyes
 
@@ -115,7 +128,11 @@ def _convert_listed(task: tuple[str, Sequence[tuple[str, int, str]], str]) -> Ba
     picked: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for day, frame, side in samples:
         if day not in cache:
-            cache[day] = load_day(Path(person_dir, f"{day}.mat"))
+            path = Path(person_dir, f"{day}.mat")
+            if not path.is_file():
+                raise InputError(f"{listing}: lists {day}/{frame:04d} {side}, but {path} does "
+                                 "not exist")  # fmt: skip
+            cache[day] = load_day(path)
             if len(cache) > _DAY_CACHE:
                 cache.popitem(last=False)
         image, gaze, pose = cache[day][side]

@@ -59,6 +59,7 @@ from shards.sources.common import (
     chunks,
     existing,
     output_from_args,
+    warn,
     write_tasks,
 )
 
@@ -355,6 +356,8 @@ def convert_nyu(
         )
         for part in chunks(items, _CHUNK)
     ]
+    if tasks:
+        _check_depth_kind(tasks[0], found)
     source: dict[str, object] = {
         "name": NAME,
         "input": str(directory),
@@ -379,6 +382,37 @@ def convert_nyu(
         total=len(items),
         desc=f"nyu {directory.name}",
     )
+
+
+# A real crop whose pixels are mostly invalid is more likely a render read as sensor depth
+# (its empty space is no measurement) than a sensor's frame: a Kinect measures most of a hand
+# and the wall behind it.
+MOSTLY_INVALID = 0.5
+
+
+def _check_depth_kind(task: _Task, found: dict[tuple[str, int], set[int]]) -> None:
+    """Warn when the first task's frames look like renders converted as sensor depth: depth
+    PNGs equal to the synthdepth renders, or crops mostly without depth."""
+    if task.depth != "real":
+        return
+    same = [
+        np.array_equal(read_depth_png(_png(task.directory, "depth", view, frame + 1)),
+                       read_depth_png(_png(task.directory, "synthdepth", view, frame + 1)))
+        for view, frame in task.items
+        if frame + 1 in found[("synthdepth", view)]
+    ]  # fmt: skip
+    if same and all(same):
+        warn(f"{task.directory}: its depth_* frames equal its synthdepth_* renders ({len(same)} "
+             "checked): clean renders, not sensor depth? As sensor depth, a render's empty "
+             "space becomes invalid (no measurement) instead of background; convert renders "
+             "with --depth synth")  # fmt: skip
+        return
+    crops = [_crop_one(task, i)[0] for i in range(len(task.items))]
+    mostly = sum(float((c == INVALID).mean()) > MOSTLY_INVALID for c in crops)
+    if mostly > len(crops) / 2:
+        warn(f"{task.directory}: {mostly} of the first {len(crops)} crops are mostly without "
+             "depth (invalid): renders read as sensor depth? Convert renders with --depth "
+             "synth")  # fmt: skip
 
 
 def _views_arg(text: str) -> tuple[int, ...]:

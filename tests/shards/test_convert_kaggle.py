@@ -48,17 +48,63 @@ def test_known_look_vec(tmp_path: Path, columns: int) -> None:
     )
 
 
-def test_float_images_are_rounded_and_clipped(tmp_path: Path) -> None:
+def test_float_images_as_levels_or_fractions(tmp_path: Path) -> None:
+    ref = write_kaggle_h5(tmp_path / "fractions.h5", 6, dtype="float32", scale=1 / 255)
+    assert convert(tmp_path / "fractions.h5", tmp_path / "a") == 0  # [0, 1]: x 255
+    np.testing.assert_array_equal(read_shard_set(tmp_path / "a")[0][:, 0], ref["image"])
     with h5py.File(tmp_path / "real_gaze.h5", "w") as f:
-        img = np.full((35, 55), 12.6)
-        img[0, :3] = [-3.0, 255.4, 300.0]
-        f["image/0"] = img
+        f["image/0"] = np.full((35, 55), 12.6)
         f["image/1"] = np.full((35, 55), 99.5, np.float32)
-    assert convert(tmp_path / "real_gaze.h5", tmp_path / "out") == 0
-    images, labels = read_shard_set(tmp_path / "out")
+    assert convert(tmp_path / "real_gaze.h5", tmp_path / "b") == 0  # 0-255 levels
+    images, labels = read_shard_set(tmp_path / "b")
     assert images.dtype == np.uint8 and labels == {}
-    assert images[0, 0, 0, :4].tolist() == [0, 255, 255, 13]
-    assert images[1, 0, 5, 5] == 100  # rint: half to even
+    assert images[0, 0, 0, 0] == 13 and images[1, 0, 5, 5] == 100  # rint: half to even
+
+
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        ({"0": 12.0, "1": [-3.0, 255.4, 300.0]}, "image/1: pixel values span [-3, 300]"),
+        ({"0": np.uint16(70), "1": np.uint16(4000)}, "image/1: pixel values span [0, 4000]"),
+        ({"0": [0.0, 1.0]}, "image/0: holds only [0.0, 1.0]: 0-255 levels or 0-1 fractions?"),
+        ({"0": [np.nan, 3.0]}, "image/0: has non-finite pixels"),
+    ],
+)
+def test_pixels_it_cannot_read_exactly_are_refused(tmp_path, capsys, pixels, message) -> None:
+    with h5py.File(tmp_path / "real_gaze.h5", "w") as f:
+        for name, values in pixels.items():
+            img = np.zeros((35, 55), np.asarray(values).dtype)
+            img.flat[: np.size(values)] = values
+            f[f"image/{name}"] = img
+    assert convert(tmp_path / "real_gaze.h5", tmp_path / "out") == 2
+    assert_one_line_error(capsys.readouterr().err, f"{tmp_path / 'real_gaze.h5'}: ", message)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("name", ["img_{}", "eye-{:05d}.png", "{}"])
+def test_images_pair_with_labels_by_the_number_in_their_name(tmp_path: Path, name: str) -> None:
+    # 20 images: string order would pair "img_10" with the third label row.
+    ref = write_kaggle_h5(tmp_path / "gaze.h5", 20, seed=2, name=name)
+    assert convert(tmp_path / "gaze.h5", tmp_path / "out") == 0
+    images, labels = read_shard_set(tmp_path / "out")
+    np.testing.assert_array_equal(images[:, 0], ref["image"])
+    np.testing.assert_allclose(labels["gaze"], ref["gaze"], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "names", [["a", "b", "c"], ["img_0", "img_1", "img_3"], ["img_0", "eye_1", "img_2"]]
+)
+def test_names_that_do_not_pair_one_to_one_are_refused(tmp_path, capsys, names) -> None:
+    with h5py.File(tmp_path / "gaze.h5", "w") as f:
+        for n in names:
+            f[f"image/{n}"] = np.zeros((35, 55), np.uint8)
+        f["look_vec"] = np.tile([0.0, 0.0, 1.0, 0.0], (3, 1))
+    assert convert(tmp_path / "gaze.h5", tmp_path / "out") == 2
+    assert_one_line_error(capsys.readouterr().err, f"{tmp_path / 'gaze.h5'}: image names",
+                          "cannot be paired one to one with the 3 look_vec rows")  # fmt: skip
+    with h5py.File(tmp_path / "gaze.h5", "a") as f:
+        del f["look_vec"]  # unlabelled: nothing to mislabel, any names will do
+    assert convert(tmp_path / "gaze.h5", tmp_path / "out") == 0
 
 
 def test_unlabelled_without_look_vec(tmp_path: Path) -> None:

@@ -104,6 +104,14 @@ def _short_gaze(data: dict) -> None:
     data["left"]["gaze"] = data["left"]["gaze"][:2]
 
 
+def _nan_gaze(data: dict) -> None:
+    data["right"]["gaze"][1] = np.nan
+
+
+def _zero_gaze(data: dict) -> None:
+    data["left"]["gaze"][2] = 0.0
+
+
 def _wrong_image_shape(data: dict) -> None:
     data["right"]["image"] = np.zeros((3, 36, 61), np.uint8)
 
@@ -120,6 +128,8 @@ def _wrong_image_shape(data: dict) -> None:
             "data.right.image has shape (3, 36, 61), expected (N, 36, 60)",
         ),
         (lambda r: _day(r).write_bytes(b"MATLAB? no" * 20), "day01.mat", "cannot read .mat file"),
+        (lambda r: _rewrite(r, _nan_gaze), "day01.mat", "data.right.gaze of frame 2 is [nan"),
+        (lambda r: _rewrite(r, _zero_gaze), "day01.mat", "data.left.gaze of frame 3 is [0. 0. 0.]"),
     ],
 )
 def test_bad_day_files_are_one_line(
@@ -142,6 +152,11 @@ def test_bad_evaluation_lists_are_one_line(tmp_path: Path, capsys: pytest.Captur
     listing.write_text("day01/0001.jpg left\nday01 0002 up\n")
     assert convert(root, tmp_path / "out", "--subset", "evaluation") == 2
     assert_one_line_error(capsys.readouterr().err, f"{listing}: line 2 is 'day01 0002 up'")
+    listing.write_text("day01/0001.jpg left\nday07/0002.jpg right\n")  # no day07.mat
+    assert convert(root, tmp_path / "out", "--subset", "evaluation") == 2
+    missing = listing.parent.parent.parent / "Data" / "Normalized" / "p00" / "day07.mat"
+    assert_one_line_error(capsys.readouterr().err, f"{listing}: lists day07/0002 right, but "
+                          f"{missing} does not exist")  # fmt: skip
 
 
 def test_empty_and_missing_roots(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -403,3 +403,35 @@ def test_bad_views_are_a_usage_error(views: str, capsys: pytest.CaptureFixture) 
         main(["convert", "nyu", "--input", "x", "--out", "y", "--views", views])
     assert exit_info.value.code == 2
     assert "expected views among 1, 2, 3" in capsys.readouterr().err
+
+
+def test_renders_converted_as_sensor_depth_are_warned_about(tmp_path: Path, capsys) -> None:
+    """A folder of clean renders (depth_1 the same as synthdepth_1) converted as sensor depth:
+    every pixel off the hand becomes invalid instead of background, which the converter says;
+    as does a folder whose crops are mostly without depth."""
+    import shutil
+
+    root = tmp_path / "renders"
+    write_nyu_dir(root, frames=2, views=(1,))
+    for f in (1, 2):
+        shutil.copy(root / f"synthdepth_1_{f:07d}.png", root / f"depth_1_{f:07d}.png")
+    capsys.readouterr()
+    assert convert(root, tmp_path / "a", "--size", "32") == 0
+    err = capsys.readouterr().err
+    assert f"shards: warning: {root}: its depth_* frames equal its synthdepth_* renders" in err
+    assert "--depth synth" in err
+    assert convert(root, tmp_path / "b", "--size", "32", "--depth", "synth") == 0
+    assert "warning" not in capsys.readouterr().err
+    images, _ = read_shard_set(tmp_path / "a")
+    assert (images == 0).mean() > 0.4  # what the warning is about: all but the hand
+    # Renders one millimetre off their synthdepth twins: not equal, and in a cube round the
+    # palm mostly invalid.
+    for f in (1, 2):
+        depth = read_depth_png(root / f"synthdepth_1_{f:07d}.png").astype(np.int64)
+        write_nyu_png(root / f"depth_1_{f:07d}.png", np.where(depth < 32001, depth + 1, depth))
+    assert convert(root, tmp_path / "c", "--size", "32", "--crop", "cube") == 0
+    assert "2 of the first 2 crops are mostly without depth" in capsys.readouterr().err
+    # A sensor's frames (the fixture's own) draw no warning.
+    write_nyu_dir(tmp_path / "sensor", frames=2, views=(1,))
+    assert convert(tmp_path / "sensor", tmp_path / "d", "--size", "32", "--crop", "cube") == 0
+    assert "warning" not in capsys.readouterr().err
