@@ -183,7 +183,7 @@ def run_estimator(args: argparse.Namespace) -> int:
             write_report(task, report, args.out, args.name)
             print(f"{PROG}: {task.summary(report)}; wrote {args.out}/metrics.json", flush=True)
         accelerator.wait_for_everyone()
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, OSError, FloatingPointError) as err:  # a full disk too
         if accelerator is None or accelerator.is_main_process:
             print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ rank sees (always true on one node).
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distsim import data
@@ -48,6 +50,7 @@ from distsim.checkpoints.store import (
     PREFIX,
     best_checkpoint,
     has_ema,
+    image_dtype,
     image_shape,
     read_json,
     resolve_checkpoint,
@@ -57,6 +60,7 @@ from distsim.config import load_config
 from distsim.data.pixels import from_unit_range, to_unit_range
 from distsim.gan.noise import indexed_noise
 from shards.cliutil import one_line
+from shards.depth import FAR_CODE
 from shards.format import IMAGE_KEY, MANIFEST_NAME, Manifest, file_sha256
 from shards.progress import Progress
 from shards.writer import ShardSetWriter
@@ -80,7 +84,8 @@ WEIGHTS = ("auto", "ema", "raw")
 
 
 def checkpoint_info(ckpt: Path, weights: str = "raw") -> dict[str, Any]:
-    """What the output manifest records about the refiner used (`weights`: raw or ema)."""
+    """What the output manifest records about the refiner used (`weights`: raw or ema), and
+    the dtype of the images it was trained on (None when that cannot be known)."""
     step = int(ckpt.name[len(PREFIX) :]) if ckpt.name.startswith(PREFIX) else None
     name = "refiner_ema" if weights == "ema" else "refiner"
     return {
@@ -88,6 +93,7 @@ def checkpoint_info(ckpt: Path, weights: str = "raw") -> dict[str, Any]:
         "step": step,
         "weights": weights,
         "refiner_sha256": file_sha256(ckpt / f"{name}.safetensors"),
+        "image_dtype": image_dtype(ckpt),
     }
 
 
@@ -121,8 +127,16 @@ def check_images(
     input_dir: str | Path,
     channels: int | None,
     trained_shape: Sequence[int] | None,
+    trained_dtype: str | None = None,
 ) -> None:
-    """Refuse images R cannot refine or was not trained on, naming both shapes."""
+    """Refuse images R cannot refine or was not trained on, naming both shapes (or dtypes:
+    8-bit images and depth codes map onto [-1, 1] differently)."""
+    if trained_dtype is not None and manifest.image_dtype != trained_dtype:
+        raise RefineError(
+            f"{input_dir}: images are {_KINDS.get(manifest.image_dtype, manifest.image_dtype)} "
+            f"but the refiner was trained on {_KINDS.get(trained_dtype, trained_dtype)}; refine "
+            "them with a refiner trained on their kind"
+        )
     shape = tuple(manifest.image_shape)
     text = "x".join(map(str, shape))
     if channels is not None and shape[0] != channels:
@@ -136,6 +150,11 @@ def check_images(
         raise RefineError(
             f"{input_dir}: images are {text} but the refiner was trained on {trained} images"
         )
+
+
+# How a dtype's pixels read, for messages.
+_KINDS = {"uint8": "uint8 (8-bit images)", "uint16": "uint16 (depth codes)",
+          "float32": "float32 images"}  # fmt: skip
 
 
 def _stem_channels(refiner: nn.Module) -> int | None:
@@ -223,7 +242,8 @@ def refine_shards(
                 "--overwrite writes into it anyway, keeping those files"
             )
         manifest = data.open_shards(input_dir)
-        check_images(manifest, input_dir, _stem_channels(refiner), trained_shape)
+        check_images(manifest, input_dir, _stem_channels(refiner), trained_shape,
+                     (checkpoint or {}).get("image_dtype"))  # fmt: skip
         label_names = tuple(manifest.labels)
         if INDEX_KEY in label_names:
             # The loader's with_index key would overwrite this label with positions.
@@ -249,7 +269,7 @@ def refine_shards(
     refiner = refiner.to(device).eval()
     dtype = manifest.image_dtype
     _, sizes = data.rank_batches(manifest.count, batch_size, world_size, rank, "split")
-    error = None
+    invented, error = 0, None
     try:
         with (
             loader,
@@ -263,13 +283,15 @@ def refine_shards(
             ) as bar,
         ):
             for batch in loader:
-                n = _refine_batch(
+                n, new = _refine_batch(
                     refiner, batch, label_names, dtype, batch_size, parts, device, noise_seed
                 )
+                invented += new
                 bar.update(n)
     except (ValueError, OSError) as err:
         error = one_line(err)
     agree(error)
+    _warn_if_invented(sum(gather(invented)), manifest, input_dir, rank)
 
     # 3. Rank 0 streams the parts back in position order into the final shard set.
     result = None
@@ -311,8 +333,9 @@ def _refine_batch(
     parts: Path,
     device: torch.device | str,
     noise_seed: int = 0,
-) -> int:
-    """Refine one loader batch and write it as PARTS/<first position>.npz; returns its size."""
+) -> tuple[int, int]:
+    """Refine one loader batch and write it as PARTS/<first position>.npz; returns its size
+    and, for depth, how many pixels got a depth though their 3x3 window had none."""
     order = torch.argsort(batch[INDEX_KEY])  # rows in position order
     n = len(order)
     x = to_unit_range(batch[IMAGE_KEY][order].to(device))  # (n, C, H, W) in [-1, 1]
@@ -335,7 +358,26 @@ def _refine_batch(
     for name in label_names:
         arrays[_LABEL_PREFIX + name] = batch[name][order].numpy()
     np.savez(parts / f"{int(arrays[INDEX_KEY][0]):012d}.npz", **arrays)
-    return n
+    return n, invented_depths(batch[IMAGE_KEY][order], images) if dtype == "uint16" else 0
+
+
+def invented_depths(codes: torch.Tensor, refined: np.ndarray) -> int:
+    """Pixels of refined depth crops that are not the far plane where every input pixel of
+    their 3x3 window was invalid: depths that no measurement was near. (n, C, H, W) each."""
+    measured = F.max_pool2d((codes != 0).float(), 3, stride=1, padding=1) > 0
+    return int((~measured & torch.from_numpy(refined.astype(np.int32) != FAR_CODE)).sum())
+
+
+def _warn_if_invented(invented: int, manifest: Manifest, input_dir: Path, rank: int) -> None:
+    if invented == 0 or rank != 0:
+        return
+    pixels = manifest.count * math.prod(manifest.image_shape)
+    print(
+        f"distsim.refine: warning: the refiner wrote depths into {invented:,} pixels "
+        f"({100 * invented / pixels:.2f}%) whose whole window in {input_dir} held no "
+        "measurement; renders converted as sensor depth? (shards convert nyu --depth synth)",
+        file=sys.stderr, flush=True,
+    )  # fmt: skip
 
 
 def _assemble(

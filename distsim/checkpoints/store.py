@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distsim.checkpoints.realism import select_checkpoint
-from distsim.config import Config
+from distsim.config import Config, load_config
 from shards.format import file_sha256
 
 PREFIX = "step-"
@@ -48,6 +49,7 @@ def save_checkpoint(
     state: dict[str, Any],
     config: Config,
     image_shape: tuple[int, ...],
+    image_dtype: str | None = None,
     keep: int = 0,
     refiner_ema: nn.Module | None = None,
     realism: dict[str, float] | None = None,
@@ -58,7 +60,8 @@ def save_checkpoint(
     ``refine --checkpoint best`` takes, and `protect` (the checkpoint a run resumed from,
     until it has saved one of its own).
 
-    `image_shape` (C, H, W) of the training images goes into meta.json, so tools that load
+    `image_shape` (C, H, W) and `image_dtype` (uint8 images, uint16 depth codes) of the
+    training images go into meta.json, so tools that load
     the refiner (refine, evaluate) can check their input without reading the training data;
     so do the realism scores of this checkpoint's refiner, when the run measured them.
     """
@@ -71,7 +74,13 @@ def save_checkpoint(
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
     tmp.mkdir()
     try:
-        _write(tmp, refiner, discriminator, refiner_ema, state, config, step, image_shape, realism)
+        _write(tmp, refiner, discriminator, refiner_ema, state, config, step, image_shape,
+               image_dtype, realism)  # fmt: skip
+    except (RuntimeError, SafetensorError) as err:
+        # torch.save and safetensors say a full disk their own way (basic_ios::clear, os
+        # error 28); a failed write is an OSError, one line, whichever wrote.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"{tmp}: {' '.join(str(err).split())}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk keeps no half checkpoint
         raise
@@ -98,6 +107,7 @@ def _write(
     config: Config,
     step: int,
     image_shape: tuple[int, ...],
+    image_dtype: str | None,
     realism: dict[str, float] | None,
 ) -> None:
     save_file(_contiguous(refiner.state_dict()), tmp / "refiner.safetensors")
@@ -107,6 +117,8 @@ def _write(
     torch.save(state, tmp / "state.pt")
     (tmp / "config.json").write_text(config.to_json())
     meta: dict[str, Any] = {"step": step, "image_shape": [int(v) for v in image_shape]}
+    if image_dtype is not None:
+        meta["image_dtype"] = image_dtype
     if realism is not None:
         meta["realism"] = realism
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -130,13 +142,12 @@ def _fsync(path: Path) -> None:
 
 def verify_checkpoint(ckpt: str | Path) -> str | None:
     """None if every file the checkpoint's SHA256SUMS lists is there with that checksum (or,
-    for a checkpoint from before checksums, if its files are there); else what is wrong."""
+    for a checkpoint from before checksums, if its files are there and load); else what is
+    wrong."""
     ckpt = Path(ckpt)
     listing = ckpt / CHECKSUMS
     if not listing.is_file():
-        missing = [n for n in ("refiner.safetensors", "discriminator.safetensors", "state.pt",
-                               "config.json", "meta.json") if not (ckpt / n).is_file()]  # fmt: skip
-        return f"{missing[0]} is missing" if missing else None
+        return _readable(ckpt)
     for line in listing.read_text().splitlines():
         want, _, name = line.partition("  ")
         path = ckpt / name
@@ -144,6 +155,29 @@ def verify_checkpoint(ckpt: str | Path) -> str | None:
             return f"{name} is missing"
         if file_sha256(path) != want:
             return f"{name} does not match its checksum (truncated or corrupt)"
+    return None
+
+
+_FILES = ("refiner.safetensors", "discriminator.safetensors", "state.pt", "config.json",
+          "meta.json")  # fmt: skip
+
+
+def _readable(ckpt: Path) -> str | None:
+    """What is wrong with a checkpoint without checksums, found by loading every file (there
+    is nothing else to check a truncated file against)."""
+    for name in _FILES:
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        try:
+            if name.endswith(".safetensors"):
+                load_file(path)
+            elif name == "state.pt":
+                torch.load(path, map_location="cpu", weights_only=True)
+            else:
+                json.loads(path.read_text())
+        except Exception as err:  # noqa: BLE001 - every library's own error for a bad file
+            return f"{name} cannot be read, truncated or corrupt ({type(err).__name__})"
     return None
 
 
@@ -196,6 +230,20 @@ def image_shape(path: str | Path) -> tuple[int, int, int]:
     meta = read_json(resolve_checkpoint(path) / "meta.json")
     c, h, w = meta["image_shape"]
     return int(c), int(h), int(w)
+
+
+def image_dtype(path: str | Path) -> str | None:
+    """The stored dtype of the images a checkpoint's models were trained on (uint8 images,
+    uint16 depth codes): its meta.json's, else, for a run on built-in data from before meta
+    recorded it, the simulator's; None when that cannot be known."""
+    ckpt = resolve_checkpoint(path)
+    recorded = read_json(ckpt / "meta.json").get("image_dtype")
+    if recorded is not None:
+        return str(recorded)
+    data = load_config(ckpt / "config.json").data
+    if data.synthetic:
+        return None
+    return "uint16" if data.builtin_sim == "hands" else "uint8"
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -85,3 +85,12 @@ def four_widths(value: Sequence[int]) -> str | None:
     if any(w <= 0 for w in value):
         return f"must all be positive, got {value}"
     return None if len(value) == 4 else f"needs 4 widths, got {value}"
+
+
+# Seeds are mixed into generator seeds with multipliers (x 1_000_003 + rank, and the like):
+# up to 2^31 - 1 they stay inside torch's 64-bit seeds.
+MAX_SEED = 2**31 - 1
+
+
+def seed_range(value: int) -> str | None:
+    return None if 0 <= value <= MAX_SEED else f"must be in [0, {MAX_SEED}], got {value}"

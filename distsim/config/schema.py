@@ -25,6 +25,7 @@ from distsim.config.options import (
     one_of,
     option,
     positive,
+    seed_range,
 )
 
 # The built-in simulators' real domains (shards.sim.eyes.REAL_DOMAINS and
@@ -43,14 +44,17 @@ class DataConfig:
                             "--builtin-sim)", flag="synthetic")  # fmt: skip
     real: str = option("", "unlabelled real shard directory (default: the built-in simulator's "
                        "real domain)", flag="real")  # fmt: skip
-    builtin_sim: str = option("eyes", "built-in simulator when no shards are given: eyes (35x55 "
-                              "grey) or hands (depth)", flag="builtin-sim",
+    # Also the kind of data the settings are for: training refuses depth with eye settings.
+    builtin_sim: str = option("eyes", "built-in simulator when no shards are given, and the kind "
+                              "of data the settings are for: eyes (8-bit images) or hands "
+                              "(depth)", flag="builtin-sim",
                               check=one_of(*BUILTIN_REAL_DOMAINS))  # fmt: skip
     builtin_size: int = option(224, "built-in hand crop side in pixels (hands only)",
                                flag="builtin-size", check=positive)  # fmt: skip
     builtin_count: int = option(20_000, "images per domain of the built-in shards",
                                 flag="builtin-count", check=positive)  # fmt: skip
-    builtin_seed: int = option(0, "seed of the built-in shards", flag="builtin-seed")
+    builtin_seed: int = option(0, "seed of the built-in shards", flag="builtin-seed",
+                               check=seed_range)  # fmt: skip
     builtin_real: str = option("real", "built-in real domain: eyes real, real-lit or real-ir "
                                "(shards/sim/eyes.py); hands real",
                                flag="builtin-real")  # fmt: skip
@@ -80,8 +84,7 @@ class RefinerConfig:
     width: int = option(64, "refiner channels (paper: 64)", flag="refiner-width",
                         check=positive, architecture=True)  # fmt: skip
     blocks: int = option(4, "refiner ResNet blocks (paper: 4 eyes, 10 hands)",
-                         flag="refiner-blocks", check=non_negative,
-                         architecture=True)  # fmt: skip
+                         flag="refiner-blocks", check=positive, architecture=True)  # fmt: skip
     kernel: int = option(3, "refiner kernel size (paper: 3 eyes, 7 hands)",
                          flag="refiner-kernel", check=odd_kernel, architecture=True)  # fmt: skip
     # 1, not the paper's 0: a refiner is otherwise a deterministic function of its input and
@@ -166,7 +169,8 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    seed: int = option(0, "seed for weights, data order and the history buffer", flag="seed")
+    seed: int = option(0, "seed for weights, data order and the history buffer", flag="seed",
+                       check=seed_range)  # fmt: skip
     batch_size: int = option(32, "images per rank per step (even with the history buffer)",
                              flag="batch-size", check=positive)  # fmt: skip
     pretrain_r_steps: int = option(1000, "refiner steps on self-regularisation only",

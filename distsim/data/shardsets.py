@@ -15,17 +15,21 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from shards.format import (
+    IMAGE_KEY,
     MANIFEST_NAME,
     BlockRef,
     Manifest,
     ShardError,
     UnverifiedShardsWarning,
     check_shard_file,
+    decode_block,
     file_sha256,
     index_shard,
+    read_block,
     read_manifest,
 )
 
@@ -143,3 +147,12 @@ def index_shard_set(
     if not blocks:
         raise ShardError(f"{root}: no readable shard left ({len(skipped)} skipped)")
     return blocks, skipped
+
+
+def first_block(directory: str | Path, manifest: Manifest) -> np.ndarray:
+    """The images of a shard set's first block, (n, C, H, W) as stored: a cheap look at what
+    a set holds, that draws no random numbers (a DataLoader's iterator would)."""
+    path = Path(directory) / manifest.shards[0].name
+    ref = index_shard(path, 0, manifest)[0]
+    with open(path, "rb") as f:
+        return decode_block(read_block(f, ref, (f"{IMAGE_KEY}.npy",)), manifest)[0]

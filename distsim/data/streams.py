@@ -18,11 +18,12 @@ Bad data (``on_error``): by default a missing, truncated or corrupt shard raises
 read then) and otherwise when a block fails to decode. With ``on_error="skip"`` such a shard is
 dropped at construction with a ``ShardWarning`` naming it (see ``skipped_shards``), a block that
 fails to decode later is skipped with a warning naming shard and block, and every batch carries
-two extra keys, ``"skipped_blocks"`` and ``"skipped_images"`` (plain ints, so they cost no
-shared-memory tensor between processes and no device sync): what the worker that made the
-batch skipped since its previous batch. Their sum over batches is the total (a bad block met by
-two workers is counted by each), to accumulate on the host and log. When nothing readable is
-left, the stream raises.
+three extra keys (plain Python values, so they cost no shared-memory tensor between processes
+and no device sync): ``"skipped_blocks"`` and ``"skipped_images"``, what the worker that made
+the batch skipped since its previous batch (a bad block met by two workers is counted by each),
+and ``"skipped_block_ids"``, the (shard, start, images) of each block that worker found bad
+since then: what a caller collects to count every bad block once, whatever the workers and
+ranks (``distsim.training.streams``). When nothing readable is left, the stream raises.
 
 Verified reads (``verify_blocks=True``, the default): before a block is first decoded, its
 bytes are checked against the CRC32 its manifest records, so a flipped byte or a zeroed block is
@@ -67,6 +68,8 @@ from shards.format import (
     read_block,
 )
 
+# The most a resampled stream's chunk holds in memory (per DataLoader worker).
+CHUNK_BYTES = 1 << 30
 _TORCH_DTYPES = {**SUPPORTED_IMAGE_DTYPES, "int64": torch.int64}  # images and labels
 Remainder = Literal["split", "pad", "drop"]
 _REMAINDER = ("split", "pad", "drop")
@@ -131,6 +134,7 @@ class _ShardStream(IterableDataset):
         # Skipped since the last yielded batch.
         self._skipped_blocks = 0
         self._skipped_images = 0
+        self._bad_blocks: list[tuple[int, int, int]] = []  # (shard, start, images)
 
     @property
     def num_images(self) -> int:
@@ -156,6 +160,7 @@ class _ShardStream(IterableDataset):
                 raise ShardError(message) from None
             warnings.warn(f"{message}; skipping its {ref.count} images", ShardWarning, 2)
             self._skipped_blocks += 1  # the caller counts the images it loses
+            self._bad_blocks.append((ref.shard, ref.start, ref.count))
             return None
 
     def _checked(self, ref: BlockRef, stat: os.stat_result) -> set[int]:
@@ -178,7 +183,9 @@ class _ShardStream(IterableDataset):
         if self.on_error == "skip":
             batch["skipped_blocks"] = self._skipped_blocks
             batch["skipped_images"] = self._skipped_images
+            batch["skipped_block_ids"] = self._bad_blocks
             self._skipped_blocks = self._skipped_images = 0
+            self._bad_blocks = []
         return batch
 
 
@@ -203,7 +210,8 @@ class BatchStream(_ShardStream):
     skip mode, see the module docstring.
 
     Chunks. A rank's stream is cut into chunks of K = ``batches_per_chunk`` =
-    max(1, ceil(shuffle_buffer * block_size / batch_size)) batches. Chunk c has its own
+    max(1, ceil(min(shuffle_buffer * block_size, CHUNK_BYTES / bytes per image) / batch_size))
+    batches. Chunk c has its own
     generator, seeded by (seed, rank, world_size, c): it picks blocks uniformly, with
     replacement, until it holds at least K * batch_size images (about ``shuffle_buffer`` blocks,
     so a batch mixes that many), permutes them and cuts the first K * batch_size into its K
@@ -274,7 +282,14 @@ class BatchStream(_ShardStream):
         self.start = int(start)
         if max_images is not None:
             self._keep_first(max_images)
-        blocks_images = shuffle_buffer * manifest.block_size
+        # About shuffle_buffer blocks a chunk, but never more than CHUNK_BYTES of images and
+        # labels, whatever a manifest's block_size says: a set of a few small blocks may name
+        # a block size of millions.
+        m = manifest
+        per_image = math.prod(m.image_shape) * np.dtype(m.image_dtype).itemsize
+        per_image += sum(math.prod(m.labels[k].shape) * np.dtype(m.labels[k].dtype).itemsize
+                         for k in self.labels)  # fmt: skip
+        blocks_images = min(shuffle_buffer * m.block_size, max(1, CHUNK_BYTES // per_image))
         self.batches_per_chunk = max(1, -(-blocks_images // batch_size))  # exact ceil
 
     def _keep_first(self, n: int) -> None:

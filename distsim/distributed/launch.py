@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -26,6 +28,15 @@ def make_accelerator(mixed_precision: str = "", timeout_s: int = 600) -> Acceler
     `timeout_s` bounds how long a collective waits for a rank that died: the survivors then
     fail instead of hanging (the launcher usually stops them sooner)."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
+    asked = requested_processes()
+    if asked is not None and asked != launched:
+        print(
+            f"distsim: warning: accelerate launch was asked for --num_processes {asked} but "
+            f"started {launched} process{'es' if launched > 1 else ''}; without a config file "
+            "it needs --multi_gpu for several (on a machine without CUDA distsim then runs them "
+            "on the CPU over gloo), or use --config_file accelerate_config.yaml",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
     cpu = launched > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
         mixed_precision=mixed_precision or None,
@@ -38,6 +49,28 @@ def make_accelerator(mixed_precision: str = "", timeout_s: int = 600) -> Acceler
             f"{accelerator.num_processes}; check the launcher and backend"
         )
     return accelerator
+
+
+def requested_processes() -> int | None:
+    """The --num_processes the `accelerate launch` that started this process was given, read
+    from the launcher's command line (None: not started so, or not seen). A launch without a
+    config file and without --multi_gpu starts one process whatever it was asked."""
+    try:
+        cmdline = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    args = [a.decode(errors="replace") for a in cmdline]
+    if not any(a.endswith(("accelerate", "accelerate.commands.launch")) for a in args[:3]):
+        return None
+    for i, arg in enumerate(args):
+        value = None
+        if arg in ("--num_processes", "--num-processes") and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(("--num_processes=", "--num-processes=")):
+            value = arg.partition("=")[2]
+        if value is not None:
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def set_gpu_kernels(*, deterministic: bool) -> None:

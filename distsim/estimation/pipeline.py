@@ -30,6 +30,7 @@ from torch import nn
 
 from distsim import data
 from distsim.estimation.fit import Plain, Prepare, fit
+from shards.cliutil import written
 from shards.format import Manifest
 
 
@@ -249,7 +250,9 @@ def write_report(
     """OUT/metrics.json and the task's curve beside it, labelled `name` (default: the
     training set's directory name)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    with written(out / "metrics.json"):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     label = name or Path(report["train_dir"]).name
-    task.plot({label: report["within_pct"]}, out / task.plot_file)
+    with written(out / task.plot_file):
+        task.plot({label: report["within_pct"]}, out / task.plot_file)

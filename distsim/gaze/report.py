@@ -273,7 +273,7 @@ def run_report(args: argparse.Namespace) -> int:
             GazeTask().plot(curves, args.out / f"cumulative_error_{domain}.png",
                             title=f"Gaze on {domain} eyes: synthetic vs refined")  # fmt: skip
         (args.out / "table.md").write_text("\n".join(tables))
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # a full disk too
         print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
     print("\n".join(tables), end="")

@@ -90,6 +90,12 @@ class GazeTask:
             shape = "x".join(map(str, manifest.image_shape))
             want = "x".join(map(str, EYE_SHAPE))
             raise ValueError(f"{directory}: images are {shape}; the gaze estimator needs {want}")
+        if manifest.image_dtype != "uint8":
+            # Depth codes would be read as depth: the estimator would train on noise.
+            raise ValueError(
+                f"{directory}: images are {manifest.image_dtype}; the gaze estimator needs uint8 "
+                "eyes"
+            )
 
     def check_sets(self, train: Manifest, tests: Sequence[tuple[Path, Manifest]],
                    train_dir: Path) -> None:  # fmt: skip

@@ -275,7 +275,7 @@ def run_report(args: argparse.Namespace) -> int:
         title = "Hand pose on built-in real crops: synthetic vs refined"
         plot_within_pixels(curves, args.out / "within_pixels.png", title=title)
         (args.out / "table.md").write_text(table)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # a full disk too
         print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
     print(table, end="")

@@ -39,11 +39,13 @@ class Checkpointer:
         runtime: Runtime,
         run_dir: Path,
         image_shape: tuple[int, ...],
+        image_dtype: str,
         probe: RealismProbe | None,
         protect: Path | None,
     ) -> None:
         self.cfg, self.runtime, self.run_dir = cfg, runtime, run_dir
-        self.image_shape, self.probe, self.protect = image_shape, probe, protect
+        self.image_shape, self.image_dtype = image_shape, image_dtype
+        self.probe, self.protect = probe, protect
         self.realism_seconds = 0.0
 
     def check_consistency(self, step: int, models: RunModels) -> None:
@@ -109,7 +111,8 @@ class Checkpointer:
                     discriminator=models.discriminator,
                     refiner_ema=ema.model if ema is not None else None, state=state,
                     config=self.cfg.replace(mixed_precision=rt.precision),
-                    image_shape=self.image_shape, keep=self.cfg.outputs.keep_checkpoints,
+                    image_shape=self.image_shape, image_dtype=self.image_dtype,
+                    keep=self.cfg.outputs.keep_checkpoints,
                     realism=realism, protect=self.protect,
                 )  # fmt: skip
             except OSError as err:

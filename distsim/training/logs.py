@@ -12,13 +12,14 @@ from typing import Any
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.utils.tensorboard import SummaryWriter
 
 from distsim.checkpoints.store import best_checkpoint, latest_checkpoint, read_json
 from distsim.config import Config
 from distsim.gan.step import D_STATS_HISTORY, R_STATS
+from distsim.training.board import Board
 from distsim.training.pictures import depth_grid, grid, plot_curves, save_png, titled
 from distsim.training.runtime import Runtime
+from shards.cliutil import written
 
 # Warn when more than this fraction of refined pixels sits at tanh's limits over a log
 # interval. Eyes have almost none there (0.02% of real ones); a collapsed refiner has all.
@@ -39,14 +40,15 @@ class RunLog:
 
     def __init__(self, cfg: Config, runtime: Runtime, run_dir: Path) -> None:
         self.cfg, self.runtime, self.run_dir = cfg, runtime, run_dir
-        self.writer: SummaryWriter | None = None
+        self.writer: Board | None = None
         self.warned_saturation = False
         self.since = Since(0, 0, time.perf_counter())
         if runtime.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             resolved = cfg.replace(mixed_precision=runtime.precision)
-            (run_dir / "config.json").write_text(resolved.to_json())
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            with written(run_dir / "config.json"):
+                (run_dir / "config.json").write_text(resolved.to_json())
+            self.writer = Board(run_dir / "tensorboard")
 
     def say(self, text: str) -> None:
         if self.runtime.main:
@@ -64,13 +66,13 @@ class RunLog:
             return
         for k, v in stats.items():
             tag = k if phase == "adversarial" or k.startswith("data/") else f"{phase}/{k}"
-            self.writer.add_scalar(tag, v, step)
+            self.writer.scalar(tag, v, step)
         # Synthetic images through R per second, all ranks: the refiner's throughput.
         updates = (r_steps - since.r_steps) + (d_steps - since.d_steps)
         images = updates * self.cfg.schedule.batch_size * self.runtime.world
-        self.writer.add_scalar("images_per_second", images / seconds, step)
+        self.writer.scalar("images_per_second", images / seconds, step)
         for k, v in extra.items():
-            self.writer.add_scalar(k, v, step)
+            self.writer.scalar(k, v, step)
 
     def comm_scalars(self, step: int, sent: dict[str, int], *, r_steps: int,
                      d_steps: int) -> None:  # fmt: skip
@@ -81,7 +83,7 @@ class RunLog:
         for label, nbytes in sent.items():
             per = r_steps if label.startswith("r_") else d_steps
             if per:
-                self.writer.add_scalar(f"comm/{label}_bytes_per_step", nbytes / per, step)
+                self.writer.scalar(f"comm/{label}_bytes_per_step", nbytes / per, step)
 
     def _warn_if_saturated(self, step: int, stats: dict[str, float]) -> None:
         fraction = stats.get("r_saturated", 0.0)
@@ -116,16 +118,18 @@ class RunLog:
             picture = grid(columns)
             caption = f"step {step}"
         picture = titled(picture, ["synthetic", which, "real"], caption)
-        save_png(picture, self.run_dir / "images" / f"step-{step:08d}.png")
+        path = self.run_dir / "images" / f"step-{step:08d}.png"
+        with written(path):
+            save_png(picture, path)
         assert self.writer is not None
-        self.writer.add_image("synthetic|refined|real", picture, step, dataformats="HWC")
+        self.writer.image("synthetic|refined|real", picture, step)
 
     def realism(self, step: int, scores: dict[str, float], seconds_total: float) -> None:
         if self.writer is None:
             return
         for k, v in scores.items():
-            self.writer.add_scalar(f"realism/{k}", v, step)
-        self.writer.add_scalar("realism/seconds_total", seconds_total, step)
+            self.writer.scalar(f"realism/{k}", v, step)
+        self.writer.scalar("realism/seconds_total", seconds_total, step)
 
     def curves(self) -> Path | None:
         """images/losses.png from everything this run directory's TensorBoard logs hold
@@ -148,8 +152,10 @@ class RunLog:
             cfg.schedule.pretrain_r_steps,
             cfg.schedule.pretrain_r_steps + cfg.schedule.pretrain_d_steps,
         ]
-        return plot_curves({k: sorted(v.items()) for k, v in series.items()},
-                           self.run_dir / "images" / "losses.png", phases=boundaries)  # fmt: skip
+        path = self.run_dir / "images" / "losses.png"
+        with written(path):
+            return plot_curves({k: sorted(v.items()) for k, v in series.items()}, path,
+                               phases=boundaries)  # fmt: skip
 
     def summary(self, stats: dict[str, float], first_step: int, seconds: float,
                 realism_seconds: float) -> None:  # fmt: skip

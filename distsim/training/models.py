@@ -4,6 +4,8 @@ both optimisers, the history buffer, and the step that updates them (``distsim.g
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -47,6 +49,13 @@ def history_dtype(precision: str) -> torch.dtype:
     the buffer's memory and its all-gather, and bf16's 8-bit mantissa keeps images in [-1, 1]
     to within 2^-8, below the 1/127.5 step of the 8-bit images they were refined from."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory `device` has in all (a GPU's, or the host's)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class RunModels:
@@ -128,6 +137,14 @@ class RunModels:
                     f"{cfg.schedule.batch_size}; make it larger or use --history-mode replicated"
                 )
         dtype = history_dtype(rt.precision)
+        need = capacity * math.prod(image_shape) * dtype.itemsize
+        have = device_memory(rt.device)
+        if need > have:
+            raise ValueError(
+                f"--history-size {cfg.history.size} needs {need / 2**30:,.1f} GiB for its "
+                f"images on {rt.device.type}, more than its {have / 2**30:,.1f} GiB; make it "
+                "smaller"
+            )
         # Rounded to the data's own codes, so checkpoints store them (distsim.gan.history).
         levels = CODE_LEVELS.get(image_dtype)
         levels = levels if levels is not None and codes_fit(levels, dtype) else None

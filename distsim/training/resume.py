@@ -46,6 +46,12 @@ def settings_for_resume(cfg: Config, given: set[str]) -> tuple[Config, Found | N
     if ckpt is None:
         return cfg, found
     saved = load_config(ckpt / "config.json")
+    if "preset" in given and cfg.preset != saved.preset:
+        raise ValueError(
+            f"{ckpt}: made with --preset {saved.preset}; a resume keeps that run's settings, so "
+            f"--preset {cfg.preset} would change none of them: leave it off, or start a new "
+            "--run-dir"
+        )
     keep = given | _UNSAID
     if "mixed_precision" not in given:
         keep.add("mixed_precision")  # what this launch says (accelerate launch's flag)

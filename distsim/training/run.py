@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from distsim.checkpoints.realism import LabelShift, RealismProbe
-from distsim.checkpoints.store import find_resume
+from distsim.checkpoints.store import find_resume, list_checkpoints
 from distsim.config import Config
 from distsim.data.pixels import to_unit_range
 from distsim.distributed.guards import named_state, tensor_checksums
@@ -83,6 +83,14 @@ class Run:
         if resume is None:
             resume = find_resume(cfg.runtime.resume, self.run_dir)
         resume_from, skipped = resume
+        if not cfg.runtime.resume and list_checkpoints(self.run_dir):
+            # A fresh run here would mix its checkpoints with another run's and let retention
+            # delete that run's.
+            newest = list_checkpoints(self.run_dir)[-1].name
+            raise ValueError(
+                f"{self.run_dir}: already holds another run's checkpoints (newest {newest}); "
+                "continue it with --resume auto, or pick another --run-dir"
+            )
 
         self.data = RunData(cfg, rt)
         if cfg.optim.psi == "channel_mean" and self.data.image_shape[0] == 1:
@@ -114,8 +122,10 @@ class Run:
             syn, real = (to_unit_range(x).to(rt.device)
                          for x in self.data.first_images(cfg.outputs.realism_images))  # fmt: skip
             probe = RealismProbe(syn, real, seed=cfg.schedule.seed, label_shift=label_shift)
-        self.checkpointer = Checkpointer(cfg, rt, self.run_dir, self.data.image_shape, probe,
-                                         protect=resume_from)  # fmt: skip
+        self.checkpointer = Checkpointer(
+            cfg, rt, self.run_dir, self.data.image_shape, self.data.image_dtype, probe,
+            protect=resume_from,
+        )  # fmt: skip
         self.meter = Meter()
         self.stop = StopRequest(rt.control).install()
 

@@ -8,6 +8,7 @@ SimGAN never reads a label: the streams are images only. The loaders never go th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import torch
 from distsim import data
 from distsim.config import Config
 from distsim.data.pixels import to_unit_range
+from distsim.data.shardsets import first_block
 from distsim.training.runtime import Runtime
+from shards.format import Manifest
 
 # (rank, world_size, synthetic start, real start) -> endless image batches per domain, each
 # (b, C, H, W). Replaces the shard loaders (tests feed the same global batches at any world
@@ -61,10 +64,40 @@ class RunData:
         self.image_dtype = syn.image_dtype
         # uint16 shards are depth crops (shards.depth): colour grids, invalid pixels filled.
         self.depth = syn.image_dtype == "uint16"
+        meant = cfg.data.builtin_sim == "hands"  # the kind of data the settings are for
+        if self.depth != meant:
+            kind, other = ("uint16 depth crops", "8-bit images") if self.depth else (
+                f"{syn.image_dtype} images", "depth")  # fmt: skip
+            fix = ("train depth with --preset hands-cpu or hands, or pass --builtin-sim hands "
+                   "to keep these settings" if self.depth else "train images with --preset "
+                   "cpu or eyes, or pass --builtin-sim eyes to keep these settings")  # fmt: skip
+            raise ValueError(
+                f"{self.dirs['synthetic']}: {kind}, but --preset {cfg.preset}'s settings are for "
+                f"{other} (--builtin-sim {cfg.data.builtin_sim}); {fix}"
+            )
+        if self.depth and runtime.main:
+            self._warn_if_invalid(syn)
         self.loaders: dict[str, data.ShardLoader] = {}
-        self.skipped = {domain: {"blocks": 0, "images": 0} for domain in DOMAINS}
+        # What skip mode dropped, by domain: shard names, and (shard, start, images) of bad
+        # blocks, each once however many workers and ranks met it.
+        self.bad_shards: dict[str, set[str]] = {domain: set() for domain in DOMAINS}
+        self.bad_blocks: dict[str, set[tuple[int, int, int]]] = {d: set() for d in DOMAINS}
         self.syn: Iterator[torch.Tensor] = iter(())
         self.real: Iterator[torch.Tensor] = iter(())
+
+    def _warn_if_invalid(self, manifest: Manifest) -> None:
+        """A simulator never fails to measure: invalid pixels (code 0) in synthetic crops are
+        renders converted as sensor depth, whose empty space the refiner would then fill with
+        depths of its own."""
+        codes = first_block(self.dirs["synthetic"], manifest)  # (n, 1, S, S)
+        invalid = float((codes == 0).mean())
+        if invalid > 0:
+            print(
+                f"distsim.train: warning: {self.dirs['synthetic']}: {100 * invalid:.1f}% of its "
+                f"first {len(codes)} crops' pixels are invalid (code 0), which renders never "
+                "are: renders converted as sensor depth? (shards convert nyu --depth synth)",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
 
     def start(self, syn_start: int, real_start: int, streams: Streams | None = None) -> None:
         """Open the streams at the batches this rank already consumed: R and D steps each
@@ -90,17 +123,16 @@ class RunData:
                 start=starts[domain],
                 pin_memory=rt.device.type == "cuda",
             )
-            self.skipped[domain]["shards"] = len(self.loaders[domain].dataset.skipped_shards)
+            self.bad_shards[domain] = set(self.loaders[domain].dataset.skipped_shards)
         self.syn = self._batches("synthetic")
         self.real = self._batches("real")
 
     def _batches(self, domain: str) -> Iterator[torch.Tensor]:
-        """Float images on the device; adds what the loader skipped (skip mode) to
-        ``skipped[domain]``."""
-        skipped = self.skipped[domain]
+        """Float images on the device; notes the blocks the loader skipped (skip mode) in
+        ``bad_blocks[domain]``."""
+        bad = self.bad_blocks[domain]
         for batch in self.loaders[domain]:
-            skipped["blocks"] += batch.get("skipped_blocks", 0)
-            skipped["images"] += batch.get("skipped_images", 0)
+            bad.update(tuple(b) for b in batch.get("skipped_block_ids", ()))
             yield to_unit_range(batch["image"].to(self.runtime.device, non_blocking=True))
 
     def first_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,12 +143,21 @@ class RunData:
         return syn, real
 
     def skipped_totals(self) -> dict[str, float]:
-        """What skip mode skipped so far, summed over ranks, by TensorBoard tag (a collective)."""
-        keys = [(d, k) for d in sorted(self.skipped) for k in sorted(self.skipped[d])]
-        counts = torch.tensor([self.skipped[d][k] for d, k in keys],
-                              device=self.runtime.device, dtype=torch.float64)  # fmt: skip
-        total = self.runtime.accelerator.reduce(counts, reduction="sum").tolist()
-        return {f"data/skipped_{k}_{d}": v for (d, k), v in zip(keys, total, strict=True)}
+        """What skip mode skipped so far on any rank, each shard and block once, by
+        TensorBoard tag (a collective)."""
+        mine = (self.bad_shards, self.bad_blocks)
+        everyone = [mine]
+        if self.runtime.world > 1:
+            everyone = [None] * self.runtime.world
+            torch.distributed.all_gather_object(everyone, mine, group=self.runtime.control)
+        totals = {}
+        for d in DOMAINS:
+            shards = set().union(*(shards[d] for shards, _ in everyone))
+            blocks = set().union(*(blocks[d] for _, blocks in everyone))
+            totals[f"data/skipped_blocks_{d}"] = float(len(blocks))
+            totals[f"data/skipped_images_{d}"] = float(sum(n for _, _, n in blocks))
+            totals[f"data/skipped_shards_{d}"] = float(len(shards))
+        return totals
 
     def close(self) -> None:
         for loader in self.loaders.values():

@@ -161,6 +161,7 @@ def test_cli_is_deterministic_and_records_the_checkpoint(setup, tmp_path, capsys
         "step": int(ckpt.name.split("-")[1]),
         "weights": "raw",  # the run kept no weight average
         "refiner_sha256": file_sha256(ckpt / "refiner.safetensors"),
+        "image_dtype": "uint8",  # what it was trained on: refine refuses depth with it
     }
 
     # An older checkpoint by step number: another refiner, so other pixels. Step 3 is in D's

@@ -57,6 +57,7 @@ def test_local_multinode_trains_two_nodes_of_two(tmp_path):
     # A clean teardown: no Python traceback, no C++ frames from c10d (launch/local_multinode.sh).
     noise = [line for line in proc.stdout.splitlines() if "Traceback" in line or "frame #" in line]
     assert not noise, proc.stdout[-6000:]
+    assert "was asked for --num_processes" not in proc.stdout  # it got the 4 it asked for
 
     cfg = make_config("smoke")
     total = cfg.schedule.pretrain_r_steps + cfg.schedule.pretrain_d_steps + cfg.schedule.steps
@@ -207,3 +208,16 @@ def test_multi_node_accelerate_config():
     assert cfg.distributed_type == "MULTI_GPU" and cfg.mixed_precision == "bf16"
     # c10d needs main_process_ip:port passed as the rendezvous endpoint, not as MASTER_ADDR.
     assert cfg.rdzv_backend == "c10d" and cfg.same_network is False
+
+
+def test_a_launch_that_starts_fewer_processes_than_asked_says_so(tmp_path):
+    """`accelerate launch --num_processes 2 --cpu` without a config file or --multi_gpu starts
+    one process: the run goes on, saying how to get two."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "distsim/train.py", "--preset", "smoke", "--cache-dir", str(tmp_path / "cache"),
+           "--run-dir", str(tmp_path / "run"), "--num-workers", "0", "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if "--num_processes 2" in line]
+    assert len(said) == 1 and "started 1 process" in said[0] and "--multi_gpu" in said[0]

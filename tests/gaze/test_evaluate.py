@@ -239,3 +239,24 @@ def test_two_gloo_ranks_test_every_image_once(sets: dict[str, Path], tmp_path: P
     # DDP kept the ranks' weights equal, and the metrics are global: identical reports.
     for key in ("mean_angular_error_deg", "within_pct", "train_loss"):
         assert reports[0]["trained"][key] == reports[1]["trained"][key]
+
+
+def test_a_report_that_cannot_be_written_is_one_line(
+    sets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    import errno
+
+    write_text = Path.write_text
+
+    def full(self: Path, *args, **kwargs):
+        if self.name == "metrics.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    flags = ["gaze", "--train", str(sets["train"]), "--test", str(sets["test"]), "--out",
+             str(tmp_path / "eval"), "--steps", "0", "--num-workers", "0"]  # fmt: skip
+    assert main(flags) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [f"distsim.evaluate: error: could not write {tmp_path / 'eval'}/metrics.json "
+                      "([Errno 28] No space left on device)"]  # fmt: skip
