@@ -212,9 +212,9 @@ def test_ctrl_c_saves_a_checkpoint_and_a_second_aborts(tmp_path):
     saved = list_checkpoints(tmp_path / "run")
     assert len(saved) == 1 and verify_checkpoint(saved[0]) is None
 
-    # Steps of about a second, so that the second Ctrl-C lands inside one.
-    proc = _launch(tmp_path, "again", "--refiner-width", "64", "--refiner-blocks", "4",
-                   "--batch-size", "256", "--history-size", "512")  # fmt: skip
+    # Steps of about a second (one thread), so that the second Ctrl-C lands inside one.
+    proc = _launch(tmp_path, "again", "--refiner-width", "32", "--refiner-blocks", "4",
+                   "--batch-size", "64", "--history-size", "128")  # fmt: skip
     _wait_for_training(tmp_path / "again", proc)
     proc.send_signal(signal.SIGINT)
     # Two signals before Python runs its handler count as one: send the second only once
