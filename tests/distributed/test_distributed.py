@@ -5,6 +5,7 @@ checkpoints on disk, real signals."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -133,13 +135,28 @@ def _worker_pids(run_dir: Path) -> dict[int, int]:
     return found
 
 
-def _start_long_run(run_dir: Path, cache: Path, *extra: str) -> subprocess.Popen[str]:
-    cmd = launch(
-        2, TRAIN, "--preset", "smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache),
-        "--no-progress", "--steps", "100000", "--ckpt-every", "5", "--image-every", "1000",
-        "--log-every", "5", *extra,
-    )  # fmt: skip
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def start_long_run() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Starts a 100,000-step two-rank run in its own process group; kills the group (the
+    launcher and both ranks) when the test ends, so a failed assertion leaves nothing running."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(run_dir: Path, cache: Path, *extra: str) -> subprocess.Popen[str]:
+        cmd = launch(
+            2, TRAIN, "--preset", "smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache),
+            "--no-progress", "--steps", "100000", "--ckpt-every", "5", "--image-every", "1000",
+            "--log-every", "5", *extra,
+        )  # fmt: skip
+        procs.append(subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True))  # fmt: skip
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def _wait_for(predicate, timeout: float, proc: subprocess.Popen[str]) -> None:
@@ -153,9 +170,11 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen[str]) -> None:
         time.sleep(0.2)
 
 
-def test_sigusr1_to_one_rank_saves_and_stops_every_rank_then_resumes_on_one(tmp_path):
+def test_sigusr1_to_one_rank_saves_and_stops_every_rank_then_resumes_on_one(
+    tmp_path, start_long_run
+):
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
-    proc = _start_long_run(run_dir, cache)
+    proc = start_long_run(run_dir, cache)
     # Into the adversarial phase (first checkpoint at step 5), both ranks alive.
     _wait_for(lambda: bool(list_checkpoints(run_dir)) and len(_worker_pids(run_dir)) == 2,
               240, proc)  # fmt: skip
@@ -186,9 +205,9 @@ def test_sigusr1_to_one_rank_saves_and_stops_every_rank_then_resumes_on_one(tmp_
     assert state["counters"]["step"] == total and state["world_size"] == 1
 
 
-def test_sigkill_of_one_rank_ends_the_run_instead_of_hanging(tmp_path):
+def test_sigkill_of_one_rank_ends_the_run_instead_of_hanging(tmp_path, start_long_run):
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
-    proc = _start_long_run(run_dir, cache, "--dist-timeout", "60")
+    proc = start_long_run(run_dir, cache, "--dist-timeout", "60")
     _wait_for(lambda: bool(list_checkpoints(run_dir)) and len(_worker_pids(run_dir)) == 2,
               240, proc)  # fmt: skip
     survivor = _worker_pids(run_dir)[0]

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -186,12 +187,25 @@ def test_bad_paths_and_architecture_changes_are_one_line(tmp_path, capsys):
     _one_line(capsys, "empty")
 
 
-def _launch(tmp_path: Path, run: str, *extra: str) -> subprocess.Popen[str]:
-    flags = _flags(tmp_path, run, "--steps", "100000", "--ckpt-every", "100000", *extra)
-    cmd = [sys.executable, str(REPO / "distsim" / "train.py"), *flags]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Starts a 100,000-step run in a child process; kills whatever is still running when
+    the test ends, so a failed assertion never leaves a training process behind."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(run: str, *extra: str) -> subprocess.Popen[str]:
+        flags = _flags(tmp_path, run, "--steps", "100000", "--ckpt-every", "100000", *extra)
+        cmd = [sys.executable, str(REPO / "distsim" / "train.py"), *flags]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def _wait_for_training(run: Path, proc: subprocess.Popen[str]) -> None:
@@ -202,8 +216,8 @@ def _wait_for_training(run: Path, proc: subprocess.Popen[str]) -> None:
         time.sleep(0.5)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_a_second_aborts(tmp_path):
-    proc = _launch(tmp_path, "run")
+def test_ctrl_c_saves_a_checkpoint_and_a_second_aborts(tmp_path, launch):
+    proc = launch("run")
     _wait_for_training(tmp_path / "run", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -213,8 +227,8 @@ def test_ctrl_c_saves_a_checkpoint_and_a_second_aborts(tmp_path):
     assert len(saved) == 1 and verify_checkpoint(saved[0]) is None
 
     # Steps of about a second (one thread), so that the second Ctrl-C lands inside one.
-    proc = _launch(tmp_path, "again", "--refiner-width", "32", "--refiner-blocks", "4",
-                   "--batch-size", "64", "--history-size", "128")  # fmt: skip
+    proc = launch("again", "--refiner-width", "32", "--refiner-blocks", "4",
+                  "--batch-size", "64", "--history-size", "128")  # fmt: skip
     _wait_for_training(tmp_path / "again", proc)
     proc.send_signal(signal.SIGINT)
     # Two signals before Python runs its handler count as one: send the second only once
